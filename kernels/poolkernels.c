@@ -1,0 +1,366 @@
+/* poolkernels: argument checking, dtype dispatch and threading around the generic kernels.
+ * See poolkernels.h for the contract and pool_generic.inc for the arithmetic. */
+#include "poolkernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(__FLT16_MAX__)
+#error "poolkernels needs a compiler with _Float16 (GCC >= 12 or clang >= 15)"
+#endif
+
+/* Wide instructions are chosen at run time, never baked in with -march: the library may travel
+ * in a container image to another CPU.  GCC's target_clones builds each hot function for every
+ * listed ISA and an ifunc resolver picks one when the library is loaded. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(POOL_NO_CLONES)
+#define POOL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define POOL_CLONES
+#endif
+
+/* The descriptor, checked and padded to three spatial axes (leading axes of size 1), with the
+ * element strides of one (batch, channel) plane. */
+typedef struct pool_geom {
+    int64_t in[3], out[3], k[3], s[3], d[3], pb[3], pe[3];
+    int64_t sx[3], sy[3];   /* element stride of each spatial axis in x and y */
+    int64_t es;             /* element stride between spatial neighbours: 1, or C for channels-last */
+    int64_t batch, channels, plane_size, out_plane_size;
+    int64_t x_elems, y_elems;
+    int count_include_pad;
+    double p;
+} pool_geom;
+
+static int64_t padded_taps(const pool_geom *g, int64_t o0, int64_t o1, int64_t o2)
+{
+    const int64_t o[3] = {o0, o1, o2};
+    int64_t count = 1;
+    for (int a = 0; a < 3; a++) {
+        int64_t n = 0;
+        for (int64_t j = 0; j < g->k[a]; j++) {
+            int64_t t = o[a] * g->s[a] - g->pb[a] + j * g->d[a];
+            if (t >= -g->pb[a] && t < g->in[a] + g->pe[a]) n++;
+        }
+        count *= n;
+    }
+    return count;
+}
+
+static inline double lp_pow(double a, double p)
+{
+    return p == 1.0 ? a : p == 2.0 ? a * a : pow(a, p);
+}
+
+static inline double lp_root(double s, double p)
+{
+    return p == 1.0 ? s : p == 2.0 ? sqrt(s) : pow(s, 1.0 / p);
+}
+
+/* ---- the generic kernels, once per dtype ---------------------------------------------------- */
+#define T float
+#define ACC float
+#define LOAD(v) (v)
+#define STORE(a) (a)
+#define SUF f32
+#define HAS_ARITH 1
+#include "pool_generic.inc"
+#undef T
+#undef ACC
+#undef LOAD
+#undef STORE
+#undef SUF
+#undef HAS_ARITH
+
+#define T double
+#define ACC double
+#define LOAD(v) (v)
+#define STORE(a) (a)
+#define SUF f64
+#define HAS_ARITH 1
+#include "pool_generic.inc"
+#undef T
+#undef ACC
+#undef LOAD
+#undef STORE
+#undef SUF
+#undef HAS_ARITH
+
+/* float16 is accumulated in float32 and rounded once, to nearest even, on the way out */
+#define T _Float16
+#define ACC float
+#define LOAD(v) ((float)(v))
+#define STORE(a) ((_Float16)(a))
+#define SUF f16
+#define HAS_ARITH 1
+#include "pool_generic.inc"
+#undef T
+#undef ACC
+#undef LOAD
+#undef STORE
+#undef SUF
+#undef HAS_ARITH
+
+#define T int8_t
+#define ACC int
+#define LOAD(v) ((int)(v))
+#define SUF i8
+#define HAS_ARITH 0
+#include "pool_generic.inc"
+#undef T
+#undef ACC
+#undef LOAD
+#undef SUF
+#undef HAS_ARITH
+
+#define T uint8_t
+#define ACC int
+#define LOAD(v) ((int)(v))
+#define SUF u8
+#define HAS_ARITH 0
+#include "pool_generic.inc"
+#undef T
+#undef ACC
+#undef LOAD
+#undef SUF
+#undef HAS_ARITH
+
+/* ---- checking -------------------------------------------------------------------------------- */
+static const int64_t DIM_LIMIT = (int64_t)1 << 40;   /* any one dimension */
+static const int64_t PARAM_LIMIT = (int64_t)1 << 31; /* kernel, stride, dilation, pads */
+
+static int64_t item_size(int32_t dtype)
+{
+    switch (dtype) {
+    case POOL_F32: return 4;
+    case POOL_F64: return 8;
+    case POOL_F16: return 2;
+    case POOL_I8:
+    case POOL_U8: return 1;
+    default: return 0;
+    }
+}
+
+static int mul_ok(int64_t a, int64_t b, int64_t *out) { return !__builtin_mul_overflow(a, b, out); }
+
+/* Check everything in the descriptor and fill g.  Buffers are checked by the callers. */
+static int check_desc(const pool_desc *d, pool_geom *g, int backward)
+{
+    if (!d) return POOL_E_NULL;
+    if (d->mode < POOL_MAX || d->mode > POOL_LP) return POOL_E_ENUM;
+    if (d->layout != POOL_CHANNELS_FIRST && d->layout != POOL_CHANNELS_LAST) return POOL_E_ENUM;
+    if (item_size(d->dtype) == 0) return POOL_E_ENUM;
+    int is_float = d->dtype == POOL_F32 || d->dtype == POOL_F64 || d->dtype == POOL_F16;
+    if ((d->mode != POOL_MAX || backward) && !is_float) return POOL_E_ENUM;
+    if (d->rank < 1 || d->rank > POOL_MAX_RANK) return POOL_E_RANK;
+    if (d->nthreads < 1 || d->nthreads > POOL_MAX_THREADS) return POOL_E_THREADS;
+    if (d->reserved != 0 || (d->ceil_mode != 0 && d->ceil_mode != 1) ||
+        (d->count_include_pad != 0 && d->count_include_pad != 1))
+        return POOL_E_PARAM;
+    if (d->mode == POOL_LP && !(d->p > 0 && isfinite(d->p))) return POOL_E_PARAM;
+    if (d->batch < 1 || d->channels < 1 || d->batch > DIM_LIMIT || d->channels > DIM_LIMIT) return POOL_E_SHAPE;
+
+    memset(g, 0, sizeof *g);
+    const int lead = POOL_MAX_RANK - d->rank; /* unused leading axes: size 1, kernel 1 */
+    for (int a = 0; a < POOL_MAX_RANK; a++) {
+        g->in[a] = g->out[a] = g->k[a] = g->s[a] = g->d[a] = 1;
+    }
+    for (int i = 0; i < d->rank; i++) {
+        const int a = lead + i;
+        int64_t in = d->in_shape[i], k = d->kernel[i], s = d->stride[i], dil = d->dilation[i];
+        int64_t pb = d->pad_begin[i], pe = d->pad_end[i];
+        if (in < 1 || in > DIM_LIMIT || d->out_shape[i] < 1) return POOL_E_SHAPE;
+        if (k < 1 || s < 1 || dil < 1 || k > PARAM_LIMIT || s > PARAM_LIMIT || dil > PARAM_LIMIT) return POOL_E_PARAM;
+        int64_t extent = dil * (k - 1) + 1; /* < 2^62: no overflow */
+        if (pb < 0 || pe < 0 || pb >= extent || pe >= extent) return POOL_E_PARAM;
+        int64_t span = in + pb + pe - extent;
+        if (span < 0) return POOL_E_SHAPE;
+        int64_t out;
+        if (d->ceil_mode) {
+            out = (span + s - 1) / s + 1;
+            if ((out - 1) * s >= in + pb) out--; /* the last window may not start in the end pad */
+        } else {
+            out = span / s + 1;
+        }
+        if (out != d->out_shape[i]) return POOL_E_SHAPE;
+        /* windows starting in the begin padding may step over the input with their dilation */
+        for (int64_t o = 0; o < out && o * s - pb < 0; o++) {
+            int64_t start = o * s - pb;
+            int64_t first = (-start + dil - 1) / dil; /* first tap at or after 0 */
+            if (first >= k || start + first * dil >= in) return POOL_E_WINDOW;
+        }
+        g->in[a] = in; g->out[a] = out; g->k[a] = k; g->s[a] = s; g->d[a] = dil;
+        g->pb[a] = pb; g->pe[a] = pe;
+    }
+    g->batch = d->batch;
+    g->channels = d->channels;
+    g->count_include_pad = d->count_include_pad;
+    g->p = d->p;
+    if (!mul_ok(g->in[0], g->in[1], &g->plane_size) || !mul_ok(g->plane_size, g->in[2], &g->plane_size))
+        return POOL_E_OVERFLOW;
+    g->out_plane_size = g->out[0] * g->out[1] * g->out[2]; /* each out <= its in: no overflow */
+    int64_t planes, xb, yb;
+    if (!mul_ok(g->batch, g->channels, &planes) || !mul_ok(planes, g->plane_size, &g->x_elems) ||
+        !mul_ok(g->x_elems, item_size(d->dtype), &xb) || !mul_ok(g->x_elems, 8, &yb))
+        return POOL_E_OVERFLOW;
+    g->y_elems = planes * g->out_plane_size;
+    g->es = d->layout == POOL_CHANNELS_FIRST ? 1 : g->channels;
+    g->sx[2] = g->es; g->sx[1] = g->in[2] * g->es; g->sx[0] = g->in[1] * g->in[2] * g->es;
+    g->sy[2] = g->es; g->sy[1] = g->out[2] * g->es; g->sy[0] = g->out[1] * g->out[2] * g->es;
+    return POOL_OK;
+}
+
+static int bytes_ok(int64_t bytes, int64_t elems, int64_t item) { return bytes == elems * item; }
+
+/* Offset of plane q = (n, c) in a tensor of planes of `size` elements. */
+static int64_t plane_base(const pool_geom *g, int64_t q, int64_t size)
+{
+    int64_t n = q / g->channels, c = q % g->channels;
+    return g->es == 1 ? q * size : n * g->channels * size + c;
+}
+
+/* ---- forward --------------------------------------------------------------------------------- */
+int pool_forward(const pool_desc *d, const void *x, int64_t x_bytes, void *y, int64_t y_bytes,
+                 int64_t *indices, int64_t indices_bytes)
+{
+    pool_geom g;
+    int status = check_desc(d, &g, 0);
+    if (status) return status;
+    const int64_t item = item_size(d->dtype);
+    if (!x || !y) return POOL_E_NULL;
+    if (indices && d->mode != POOL_MAX) return POOL_E_NULL;
+    if (!bytes_ok(x_bytes, g.x_elems, item) || !bytes_ok(y_bytes, g.y_elems, item)) return POOL_E_SIZE;
+    if (indices && !bytes_ok(indices_bytes, g.y_elems, 8)) return POOL_E_SIZE;
+    if (!indices && indices_bytes != 0) return POOL_E_SIZE;
+
+    const int64_t planes = g.batch * g.channels;
+    const int mode = d->mode, dtype = d->dtype;
+#pragma omp parallel for num_threads(d->nthreads) if (d->nthreads > 1 && planes > 1) schedule(static)
+    for (int64_t q = 0; q < planes; q++) {
+        const int64_t xo = plane_base(&g, q, g.plane_size), yo = plane_base(&g, q, g.out_plane_size);
+        int64_t *ind = indices ? indices + yo : NULL;
+        switch (dtype * 3 + mode) {
+#define CASE(DT, SUF, TYPE)                                                                                  \
+    case DT * 3 + POOL_MAX: max_plane_##SUF(&g, (const TYPE *)x + xo, (TYPE *)y + yo, ind, xo); break;
+#define CASE_ARITH(DT, SUF, TYPE)                                                                            \
+    CASE(DT, SUF, TYPE)                                                                                      \
+    case DT * 3 + POOL_AVG: avg_plane_##SUF(&g, (const TYPE *)x + xo, (TYPE *)y + yo); break;              \
+    case DT * 3 + POOL_LP: lp_plane_##SUF(&g, (const TYPE *)x + xo, (TYPE *)y + yo); break;
+            CASE_ARITH(POOL_F32, f32, float)
+            CASE_ARITH(POOL_F64, f64, double)
+            CASE_ARITH(POOL_F16, f16, _Float16)
+            CASE(POOL_I8, i8, int8_t)
+            CASE(POOL_U8, u8, uint8_t)
+#undef CASE
+#undef CASE_ARITH
+        default: break; /* unreachable: check_desc rejected the combination */
+        }
+    }
+    return POOL_OK;
+}
+
+/* ---- backward -------------------------------------------------------------------------------- */
+int pool_backward(const pool_desc *d, const void *dy, int64_t dy_bytes, const void *x, int64_t x_bytes,
+                  const int64_t *indices, int64_t indices_bytes, void *dx, int64_t dx_bytes)
+{
+    pool_geom g;
+    int status = check_desc(d, &g, 1);
+    if (status) return status;
+    const int64_t item = item_size(d->dtype);
+    if (!dy || !dx) return POOL_E_NULL;
+    if (!bytes_ok(dy_bytes, g.y_elems, item) || !bytes_ok(dx_bytes, g.x_elems, item)) return POOL_E_SIZE;
+    if (d->mode == POOL_MAX) {
+        if (!indices) return POOL_E_NULL;
+        if (!bytes_ok(indices_bytes, g.y_elems, 8)) return POOL_E_SIZE;
+    } else if (indices || indices_bytes != 0) {
+        return POOL_E_NULL;
+    }
+    if (d->mode == POOL_LP) {
+        if (!x) return POOL_E_NULL;
+        if (!bytes_ok(x_bytes, g.x_elems, item)) return POOL_E_SIZE;
+    }
+
+    const int64_t planes = g.batch * g.channels;
+    const int mode = d->mode, dtype = d->dtype;
+    /* one accumulator plane per thread, in float64 for float64 and float32 otherwise */
+    const size_t acc_bytes = (size_t)g.plane_size * (dtype == POOL_F64 ? sizeof(double) : sizeof(float));
+#pragma omp parallel num_threads(d->nthreads) if (d->nthreads > 1 && planes > 1)
+    {
+        void *acc = malloc(acc_bytes);
+        if (!acc) {
+#pragma omp atomic write
+            status = POOL_E_NOMEM;
+        }
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < planes; q++) {
+            int failed;
+#pragma omp atomic read
+            failed = status;
+            if (failed || !acc) continue;
+            const int64_t xo = plane_base(&g, q, g.plane_size), yo = plane_base(&g, q, g.out_plane_size);
+            memset(acc, 0, acc_bytes);
+            int rc = POOL_OK;
+            switch (dtype * 3 + mode) {
+#define CASES(DT, SUF, TYPE, ACCT)                                                                            \
+    case DT * 3 + POOL_MAX:                                                                                   \
+        rc = max_back_plane_##SUF(&g, (const TYPE *)dy + yo, indices + yo, (ACCT *)acc, xo, g.es);            \
+        break;                                                                                                \
+    case DT * 3 + POOL_AVG: avg_back_plane_##SUF(&g, (const TYPE *)dy + yo, (ACCT *)acc); break;            \
+    case DT * 3 + POOL_LP: lp_back_plane_##SUF(&g, (const TYPE *)dy + yo, (const TYPE *)x + xo, (ACCT *)acc); break;
+                CASES(POOL_F32, f32, float, float)
+                CASES(POOL_F64, f64, double, double)
+                CASES(POOL_F16, f16, _Float16, float)
+#undef CASES
+            default: break;
+            }
+            if (rc) {
+#pragma omp atomic write
+                status = rc;
+                continue;
+            }
+            switch (dtype) {
+            case POOL_F32: store_plane_f32(&g, (const float *)acc, (float *)dx + xo); break;
+            case POOL_F64: store_plane_f64(&g, (const double *)acc, (double *)dx + xo); break;
+            case POOL_F16: store_plane_f16(&g, (const float *)acc, (_Float16 *)dx + xo); break;
+            default: break;
+            }
+        }
+        free(acc);
+    }
+    return status;
+}
+
+/* ---- information ----------------------------------------------------------------------------- */
+const char *pool_strerror(int status)
+{
+    switch (status) {
+    case POOL_OK: return "ok";
+    case POOL_E_NULL: return "a required buffer is missing, or a buffer was given that this mode does not take";
+    case POOL_E_ENUM: return "mode, dtype or layout is out of range, or the dtype does not support this mode";
+    case POOL_E_RANK: return "the number of spatial axes must be 1, 2 or 3";
+    case POOL_E_SHAPE: return "a dimension is < 1, or the output shape differs from the pooling rule";
+    case POOL_E_PARAM: return "kernel, stride or dilation < 1, a pad < 0 or not smaller than the dilated kernel, or p <= 0";
+    case POOL_E_SIZE: return "a buffer's byte length differs from its shape times the item size";
+    case POOL_E_OVERFLOW: return "an element or byte count overflows int64";
+    case POOL_E_WINDOW: return "a pooling window covers only padding";
+    case POOL_E_INDEX: return "a max-pool index lies outside its own (batch, channel) plane";
+    case POOL_E_THREADS: return "the thread count must be between 1 and 256";
+    case POOL_E_NOMEM: return "out of memory for the backward accumulator";
+    default: return "unknown status";
+    }
+}
+
+const char *pool_isa(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return "avx512f";
+    if (__builtin_cpu_supports("avx2")) return "avx2";
+    return "sse2";
+#elif defined(__aarch64__)
+    return "neon";
+#else
+    return "generic";
+#endif
+}
+
+int pool_abi_version(void) { return POOL_ABI_VERSION; }

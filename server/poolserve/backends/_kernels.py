@@ -1,0 +1,108 @@
+"""ctypes bindings of the C kernels (kernels/poolkernels.h; keep the two in step).
+
+The library is built by the package build into the installed package
+(poolserve/libpoolkernels.so) and loaded from there.  POOLSERVE_KERNEL_LIB names another build
+of the same library, for the sanitizer run (`make test-asan`).
+
+ctypes.CDLL calls release the GIL for the whole call, so kernels on several request threads run
+in parallel; keep it that way (never PyDLL).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+ABI_VERSION = 1
+MAX_RANK = 3
+MAX_THREADS = 256
+
+MODES = {"max": 0, "avg": 1, "lp": 2}
+DTYPES = {"float32": 0, "float64": 1, "float16": 2, "int8": 3, "uint8": 4}
+LAYOUTS = {"channels_first": 0, "channels_last": 1}
+
+# pool_status names, by code, as in the header
+STATUS = {
+    0: "POOL_OK", 1: "POOL_E_NULL", 2: "POOL_E_ENUM", 3: "POOL_E_RANK", 4: "POOL_E_SHAPE",
+    5: "POOL_E_PARAM", 6: "POOL_E_SIZE", 7: "POOL_E_OVERFLOW", 8: "POOL_E_WINDOW",
+    9: "POOL_E_INDEX", 10: "POOL_E_THREADS", 11: "POOL_E_NOMEM",
+}
+
+_Axes = ctypes.c_int64 * MAX_RANK
+
+
+class PoolDesc(ctypes.Structure):
+    _fields_ = [
+        ("mode", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+        ("layout", ctypes.c_int32),
+        ("rank", ctypes.c_int32),
+        ("ceil_mode", ctypes.c_int32),
+        ("count_include_pad", ctypes.c_int32),
+        ("nthreads", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("batch", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("in_shape", _Axes),
+        ("out_shape", _Axes),
+        ("kernel", _Axes),
+        ("stride", _Axes),
+        ("dilation", _Axes),
+        ("pad_begin", _Axes),
+        ("pad_end", _Axes),
+        ("p", ctypes.c_double),
+    ]
+
+
+class KernelError(RuntimeError):
+    """A kernel entry point refused its arguments; ``code`` is the pool_status."""
+
+    def __init__(self, code: int, message: str):
+        self.code = code
+        self.status = STATUS.get(code, f"status {code}")
+        super().__init__(f"{self.status}: {message}")
+
+
+def library_path() -> Path:
+    override = os.environ.get("POOLSERVE_KERNEL_LIB")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "libpoolkernels.so"
+
+
+def _load() -> ctypes.CDLL:
+    path = library_path()
+    if not path.exists():
+        raise ImportError(f"poolserve's C kernels are not built: {path} is missing; "
+                          "install the package with `pip install .` (or `make serve`), which builds them")
+    lib = ctypes.CDLL(str(path))
+    vp, i64, i64p = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)
+    desc_p = ctypes.POINTER(PoolDesc)
+    lib.pool_forward.argtypes = [desc_p, vp, i64, vp, i64, i64p, i64]
+    lib.pool_forward.restype = ctypes.c_int
+    lib.pool_backward.argtypes = [desc_p, vp, i64, vp, i64, i64p, i64, vp, i64]
+    lib.pool_backward.restype = ctypes.c_int
+    lib.pool_strerror.argtypes = [ctypes.c_int]
+    lib.pool_strerror.restype = ctypes.c_char_p
+    lib.pool_isa.argtypes = []
+    lib.pool_isa.restype = ctypes.c_char_p
+    lib.pool_abi_version.argtypes = []
+    lib.pool_abi_version.restype = ctypes.c_int
+    if lib.pool_abi_version() != ABI_VERSION:
+        raise ImportError(f"{path} has kernel ABI {lib.pool_abi_version()}, this poolserve expects {ABI_VERSION}")
+    return lib
+
+
+lib = _load()
+pool_forward = lib.pool_forward
+pool_backward = lib.pool_backward
+
+
+def check(code: int) -> None:
+    if code != 0:
+        raise KernelError(code, lib.pool_strerror(code).decode())
+
+
+def isa() -> str:
+    return lib.pool_isa().decode()
