@@ -53,23 +53,25 @@ def forward(spec: PoolSpec, x: np.ndarray):
     ind = np.empty(g.output_shape, dtype=np.int64) if spec.return_indices else None
     indc = _channels_first(ind, spec.layout) if ind is not None else None
 
-    for pos, taps, padded_count in _windows(g):
-        out = (slice(None), slice(None)) + pos
-        w = _gather(xc, taps)
-        if spec.mode == "max":
-            # ties: first maximum in scan order (argmax returns the first); NaN: the first NaN wins
-            pick = w.argmax(axis=-1)
-            if x.dtype.kind == "f":
-                nan = np.isnan(w)
-                pick = np.where(nan.any(axis=-1), nan.argmax(axis=-1), pick)
-            yc[out] = np.take_along_axis(w, pick[..., None], axis=-1)[..., 0]
-            if indc is not None:
-                indc[out] = np.take_along_axis(_gather(offsets, taps), pick[..., None], axis=-1)[..., 0]
-        elif spec.mode == "avg":
-            divisor = padded_count if spec.count_include_pad else w.shape[-1]
-            yc[out] = w.astype(np.float64).sum(axis=-1) / divisor
-        else:  # lp: padded taps are zero and add nothing to the sum
-            yc[out] = (np.abs(w.astype(np.float64)) ** spec.p).sum(axis=-1) ** (1.0 / spec.p)
+    # inf - inf and NaN inputs make NaN averages and norms: that is the rule, not a warning
+    with np.errstate(invalid="ignore", over="ignore"):
+        for pos, taps, padded_count in _windows(g):
+            out = (slice(None), slice(None)) + pos
+            w = _gather(xc, taps)
+            if spec.mode == "max":
+                # ties: first maximum in scan order (argmax returns the first); NaN: the first NaN wins
+                pick = w.argmax(axis=-1)
+                if x.dtype.kind == "f":
+                    nan = np.isnan(w)
+                    pick = np.where(nan.any(axis=-1), nan.argmax(axis=-1), pick)
+                yc[out] = np.take_along_axis(w, pick[..., None], axis=-1)[..., 0]
+                if indc is not None:
+                    indc[out] = np.take_along_axis(_gather(offsets, taps), pick[..., None], axis=-1)[..., 0]
+            elif spec.mode == "avg":
+                divisor = padded_count if spec.count_include_pad else w.shape[-1]
+                yc[out] = w.astype(np.float64).sum(axis=-1) / divisor
+            else:  # lp: padded taps are zero and add nothing to the sum
+                yc[out] = (np.abs(w.astype(np.float64)) ** spec.p).sum(axis=-1) ** (1.0 / spec.p)
     return y, ind
 
 
