@@ -188,3 +188,11 @@ def test_strerror_and_isa():
     assert k.isa() in {"avx512f", "avx2", "sse2", "neon", "generic"}
     with pytest.raises(k.KernelError, match="POOL_E_SIZE"):
         k.check(status("POOL_E_SIZE"))
+
+
+def test_calls_release_the_gil():
+    # CDLL (not PyDLL) functions drop the GIL for the call, so request threads run kernels in
+    # parallel; a PyDLL or the PYTHONAPI flag would serialise them
+    assert not isinstance(k.lib, ctypes.PyDLL)
+    for fn in (k.pool_forward, k.pool_backward):
+        assert fn._flags_ & ctypes._FUNCFLAG_PYTHONAPI == 0
