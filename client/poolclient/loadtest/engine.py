@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import random
+import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -277,41 +280,76 @@ async def _closed_loop(rec: _Recorder, callers: list, now) -> None:
 
 async def _open_loop(rec: _Recorder, callers: list, now, t0: float, rate: float, arrivals: str, phase: float,
                      max_in_flight: int, seed: int) -> None:
+    """Send on a schedule that does not wait for replies.
+
+    The schedule is kept by a thread that sleeps with time.sleep (about 0.1 ms late at worst)
+    and hands each arrival to the event loop; asyncio's own timers wake in whole milliseconds,
+    rounded up, which would add up to a millisecond of the harness's lateness to every latency.
+    Each request is timed from its intended time, or from when it actually left if that was
+    earlier; the lateness of the send is recorded separately as send lag.
+    """
+    loop = asyncio.get_running_loop()
     rng = random.Random(seed)
     gap = (lambda: rng.expovariate(rate)) if arrivals == "poisson" else (lambda: 1.0 / rate)
-    slots = asyncio.Semaphore(max_in_flight)
     in_flight: set = set()
+    backlog: collections.deque = collections.deque()  # arrivals due while max_in_flight calls were out
+    failures: list = []
+    stop = threading.Event()
+    finished = asyncio.Event()
+    counter = itertools.count()
 
-    async def one(caller, t_intended: float, measured: bool):
-        try:
-            status, reply, detail = await caller.call()
-            rec.done(measured, t_intended, now(), status, reply, detail)
-        finally:
-            slots.release()
+    async def one(caller, t_from: float, measured: bool):
+        status, reply, detail = await caller.call()
+        rec.done(measured, t_from, now(), status, reply, detail)
 
-    t = t0 + (phase if arrivals == "constant" else gap())
-    k = 0
-    while True:
-        measured = rec.admit(t)
-        if measured is None:
-            break
-        # asyncio wakes up to ~1 ms late (epoll's millisecond timeout, rounded up): aim half a
-        # millisecond early; a request that leaves early is timed from when it actually left,
-        # one that leaves late from when it should have (the wait is part of its latency).
-        wait = t - now() - 0.0005
-        if wait > 0:
-            await asyncio.sleep(wait)
-        await slots.acquire()
+    def launch(t: float, measured: bool):
         t_send = now()
         if measured:
             histo.record_seconds(rec.lag, max(0.0, t_send - t))
-        task = asyncio.create_task(one(callers[k % len(callers)], min(t, t_send), measured))
+        task = loop.create_task(one(callers[next(counter) % len(callers)], min(t, t_send), measured))
         in_flight.add(task)
-        task.add_done_callback(in_flight.discard)
-        k += 1
-        t += gap()
-    if in_flight:
-        await asyncio.gather(*in_flight)
+        task.add_done_callback(finish)
+
+    def finish(task):
+        in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failures.append(task.exception())
+        if backlog:
+            launch(*backlog.popleft())
+
+    def fire(t: float):  # on the loop, for each arrival
+        measured = rec.admit(t)
+        if measured is None:
+            stop.set()
+        elif len(in_flight) >= max_in_flight:
+            backlog.append((t, measured))
+        else:
+            launch(t, measured)
+
+    def schedule():  # the timer thread
+        t = t0 + (phase if arrivals == "constant" else gap())
+        try:
+            while not stop.is_set() and t < rec.t_stop:
+                wait = t - now()
+                if wait > 0:
+                    time.sleep(min(wait, 0.05))  # short naps: a quota reached elsewhere stops us soon
+                    continue
+                loop.call_soon_threadsafe(fire, t)
+                t += gap()
+        finally:
+            loop.call_soon_threadsafe(finished.set)  # queued after the last fire
+
+    timer = threading.Thread(target=schedule, name="loadtest-schedule", daemon=True)
+    timer.start()
+    try:
+        await finished.wait()
+        while in_flight:
+            await asyncio.wait(list(in_flight))
+    finally:
+        stop.set()
+        timer.join(timeout=1)
+    if failures:
+        raise failures[0]
 
 
 async def _run_worker(target: str, payload, load: Load, share: dict, ready_q, go, t0_value, progress):
@@ -366,6 +404,9 @@ async def _run_worker(target: str, payload, load: Load, share: dict, ready_q, go
 
 
 def _worker_main(target, payload, load, share, ready_q, go, t0_value, progress, result_q):
+    # The open loop's timer thread needs the GIL on time; the default 5 ms switch interval would
+    # let the event loop hold it that long.
+    sys.setswitchinterval(0.0005)
     try:
         result = asyncio.run(_run_worker(target, payload, load, share, ready_q, go, t0_value, progress))
     except BaseException:
