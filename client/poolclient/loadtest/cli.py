@@ -151,7 +151,8 @@ def run(args) -> int:
         target, payload = private_echo.target, payload.for_echo()
     try:
         rep = runner.run_sweep(target, payload, load, levels, baseline=args.baseline, echo_threads=args.echo_threads,
-                               progress=progress, scenario=sc, command=command)
+                               progress=progress, scenario=sc, command=command,
+                               label="echo" if private_echo is not None else "service")
     finally:
         if private_echo is not None:
             private_echo.stop()

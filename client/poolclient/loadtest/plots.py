@@ -38,7 +38,8 @@ def _plain_axes(ax, xticks=None):
 
 
 def series_of(report: dict, prefix: str = "") -> list[tuple[str, list[dict]]]:
-    out = [(f"{prefix}service".strip(), report["steps"])]
+    label = report["steps"][0]["target"] if report["steps"] else "service"
+    out = [(f"{prefix}{label}".strip(), report["steps"])]
     if report.get("baseline"):
         out.append((f"{prefix}echo baseline".strip(), report["baseline"]["steps"]))
     return out

@@ -73,8 +73,9 @@ def table(report: dict) -> str:
             f"{'p99':>8} {'p99.9':>8} {'max':>8} {'cli cpu':>8}")
     lines = [f"{report['description']}  [{report['api']} {report['method']}]",
              f"latency in ms; MB/s counts both directions; cli cpu = client cores busy", head, "-" * len(head)]
-    steps = list(_all_steps(report))
-    steps.sort(key=lambda s: (s["level"], s["target"] != "service"))
+    base = report["baseline"]["steps"] if report.get("baseline") else []
+    steps = sorted([(s, 0) for s in report["steps"]] + [(s, 1) for s in base], key=lambda e: (e[0]["level"], e[1]))
+    steps = [s for s, _ in steps]
     for s in steps:
         lat = s["latency_ms"]
         mbs = (s["bytes_out_per_s"] + s["bytes_in_per_s"]) / 1e6
@@ -96,8 +97,9 @@ def table(report: dict) -> str:
     checks = report["steps"][0]["checks"] if report["steps"] else None
     if checks is not None:
         if checks["enabled"]:
-            lines.append(f"spot checks: {sum(s['checks']['done'] for s in report['steps'])} replies compared with "
-                         f"the reference, {sum(s['checks']['failed'] for s in report['steps'])} wrong")
+            what = f" ({checks['note']})" if checks["note"] else " with the reference"
+            lines.append(f"spot checks: {sum(s['checks']['done'] for s in report['steps'])} replies compared{what}, "
+                         f"{sum(s['checks']['failed'] for s in report['steps'])} wrong")
         else:
             lines.append(checks["note"] or "spot checks: off")
     return "\n".join(lines)

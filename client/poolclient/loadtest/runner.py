@@ -20,7 +20,7 @@ from .echo import EchoServer
 
 def run_sweep(target: str, payload, load: engine.Load, levels: list[float], *, baseline: str | None = None,
               echo_threads: int = 8, progress=None, start_method: str | None = None, scenario=None,
-              command: str | None = None) -> dict:
+              command: str | None = None, label: str = "service") -> dict:
     """Run `load` at each of `levels` against `target`; with baseline="echo", each level is also run
     against a bare echo server (started here, stopped at the end) with the same bytes."""
     if baseline not in (None, "echo"):
@@ -30,8 +30,8 @@ def run_sweep(target: str, payload, load: engine.Load, levels: list[float], *, b
     try:
         for level in levels:
             step_load = replace(load, level=level)
-            steps.append(engine.run_step(target, payload, step_load, label="service", start_method=start_method,
-                                         progress=_tagged(progress, "service", step_load)))
+            steps.append(engine.run_step(target, payload, step_load, label=label, start_method=start_method,
+                                         progress=_tagged(progress, label, step_load)))
             if echo is not None:
                 base_steps.append(engine.run_step(echo.target, payload.for_echo(), step_load, label="echo",
                                                   start_method=start_method,
