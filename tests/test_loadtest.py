@@ -201,17 +201,17 @@ def test_cli_writes_json_csv_and_plots_then_compares(tmp_path, capsys):
     rc = cli.main(common + ["--rate", "100,200", "--arrivals", "constant", "--out", str(tmp_path / "b")])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "service / echo" in out and "p99.9" in out
+    assert "echo / echo baseline" in out and "p99.9" in out
 
     a = json.loads((tmp_path / "a" / "loadtest.json").read_text())
     assert [s["level"] for s in a["steps"]] == [1, 2]
-    assert [s["target"] for s in a["baseline"]["steps"]] == ["echo", "echo"]
+    assert [s["target"] for s in a["baseline"]["steps"]] == ["baseline", "baseline"]
     assert len(a["baseline"]["overhead"]) == 2 and a["request_bytes"] == 4 * 16 * 16 * 4
     for s in a["steps"] + a["baseline"]["steps"]:
         assert_consistent(s)
     with open(tmp_path / "a" / "loadtest.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 and {r["target"] for r in rows} == {"service", "echo"}
+    assert len(rows) == 4 and {r["target"] for r in rows} == {"echo", "baseline"}
     assert all(int(r["sent"]) == int(r["ok"]) for r in rows)
     for d in ("a", "b"):
         for name in ("loadtest_percentiles.png", "loadtest_latency_throughput.png"):

@@ -85,7 +85,7 @@ def table(report: dict) -> str:
                      f"{s['client']['cpu_cores_used']:>8.2f}")
     if report.get("baseline"):
         lines.append("")
-        lines.append("service / echo:  " + "   ".join(
+        lines.append(f"{report['steps'][0]['target']} / echo baseline:  " + "   ".join(
             f"{level_name} {o['level']:g}: p50 x{_ratio(o['p50_ratio'])} p99 x{_ratio(o['p99_ratio'])} "
             f"throughput x{_ratio(o['throughput_ratio'])}" for o in report["baseline"]["overhead"]))
     for s in steps:

@@ -33,9 +33,9 @@ def run_sweep(target: str, payload, load: engine.Load, levels: list[float], *, b
             steps.append(engine.run_step(target, payload, step_load, label=label, start_method=start_method,
                                          progress=_tagged(progress, label, step_load)))
             if echo is not None:
-                base_steps.append(engine.run_step(echo.target, payload.for_echo(), step_load, label="echo",
+                base_steps.append(engine.run_step(echo.target, payload.for_echo(), step_load, label="baseline",
                                                   start_method=start_method,
-                                                  progress=_tagged(progress, "echo", step_load)))
+                                                  progress=_tagged(progress, "baseline", step_load)))
     finally:
         if echo is not None:
             echo.stop()
