@@ -16,14 +16,24 @@ loops, HDR histograms), echo (the baseline server and test double), runner (a sw
 baseline interleaved), report (table, JSON, CSV), plots (PNG), cli (`poolclient loadtest`).
 """
 
-from .adapters import Payload, build as build_payload
-from .echo import EchoServer
-from .engine import Load, LoadError, run_step
-from .plots import plot_compare, plot_report
-from .report import compare_table, read_json, table, write_csv, write_json
-from .runner import make_report, run_sweep
-from .scenario import STANDARD, Scenario
+# Imported on first use (PEP 562), so that `poolclient loadtest --help`, and the poolclient CLI
+# that registers it, work without the loadtest extra's packages (hdrhistogram, matplotlib).
+_EXPORTS = {
+    "Payload": "adapters", "build_payload": "adapters:build", "EchoServer": "echo", "Load": "engine",
+    "LoadError": "engine", "run_step": "engine", "plot_compare": "plots", "plot_report": "plots",
+    "compare_table": "report", "read_json": "report", "table": "report", "write_csv": "report",
+    "write_json": "report", "make_report": "runner", "run_sweep": "runner", "STANDARD": "scenario",
+    "Scenario": "scenario",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["Payload", "build_payload", "EchoServer", "Load", "LoadError", "run_step", "plot_compare",
-           "plot_report", "compare_table", "read_json", "table", "write_csv", "write_json", "make_report",
-           "run_sweep", "STANDARD", "Scenario"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module, _, attr = _EXPORTS[name].partition(":")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), attr or name)
+    globals()[name] = value
+    return value

@@ -122,6 +122,20 @@ def _progress(quiet: bool):
 
 
 def run(args) -> int:
+    """Run the parsed command; errors a user can fix are one line on stderr, not a traceback."""
+    try:
+        from . import engine
+    except ImportError as e:
+        print(f"poolclient loadtest: {e.name or e} is missing: pip install 'poolserve[loadtest]'", file=sys.stderr)
+        return 2
+    try:
+        return _run(args)
+    except (ValueError, OSError, NotImplementedError, engine.LoadError) as e:
+        print(f"poolclient loadtest: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     from . import adapters, engine, plots, report, runner
     from .echo import EchoServer
 
@@ -175,12 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="poolclient loadtest", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, OSError, NotImplementedError) as e:
-        print(f"poolclient loadtest: {e}", file=sys.stderr)
-        return 2
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -470,7 +470,7 @@ def run_step(target: str, payload, load: Load, *, label: str = "service", progre
         t0_value.value = t0
         go.set()
         window = load.max_duration if load.requests is not None else load.duration
-        hard_stop = t0 + load.warmup + window + load.timeout + 30
+        hard_stop = t0 + load.warmup + window + 2 * load.timeout + 30  # + drain + stream close
         while len(results) < n:
             if time.monotonic() > hard_stop:
                 raise LoadError(f"{n - len(results)} worker(s) did not finish by the hard deadline")
