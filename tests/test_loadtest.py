@@ -214,13 +214,13 @@ def test_cli_writes_json_csv_and_plots_then_compares(tmp_path, capsys):
     assert len(rows) == 4 and {r["target"] for r in rows} == {"echo", "baseline"}
     assert all(int(r["sent"]) == int(r["ok"]) for r in rows)
     for d in ("a", "b"):
-        for name in ("loadtest_percentiles.png", "loadtest_latency_throughput.png"):
+        for name in ("loadtest_percentiles.png", "loadtest_latency_throughput.png", "loadtest_latency_distribution.png"):
             _assert_png(tmp_path / d / name)
 
     rc = cli.main(["--compare", str(tmp_path / "a" / "loadtest.json"), str(tmp_path / "b" / "loadtest.json"),
                    "--out", str(tmp_path / "c")])
     assert rc == 0
-    for name in ("compare_percentiles.png", "compare_latency_throughput.png"):
+    for name in ("compare_percentiles.png", "compare_latency_throughput.png", "compare_latency_distribution.png"):
         _assert_png(tmp_path / "c" / name)
 
 

@@ -2,6 +2,8 @@
 
 percentiles.png:          latency p50 / p90 / p99 / p99.9 / max against the load level
 latency_throughput.png:   p50 and p99 latency against achieved throughput (the "hockey stick")
+latency_distribution.png: each level's whole latency distribution from its HDR histogram, by
+                          percentile on a 1/(1-p) axis, so the tail (99.9 %, 99.99 %) gets room
 
 Each plot draws several series: the service and its echo baseline, or two runs for --compare.
 """
@@ -96,6 +98,52 @@ def latency_throughput_plot(series, path: str, title: str) -> str:
     return _save(fig, plt, path)
 
 
+DIST_PCTS = [0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999]
+
+
+def distribution_plot(series, path: str, title: str, model: str) -> str:
+    from . import histo
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    levels = sorted({s["level"] for _, steps in series for s in steps})
+    cmap = plt.get_cmap("viridis")
+    unit = "/s" if model == "open" else " in flight"
+    right = 10.0
+    for k, (name, steps) in enumerate(series):
+        for s in steps:
+            h = histo.decode(s["histogram"])
+            n = h.get_total_count()
+            if n == 0:
+                continue
+            # only percentiles the sample can resolve: 99.99 % of 500 requests is just the max
+            pcts = [p for p in DIST_PCTS if p == 0 or 100.0 / (100.0 - p) <= n] + [100.0]
+            # the max sits where the sample runs out: 1/(1-p) = n
+            xs = [1.0 / (1.0 - p / 100.0) if p < 100 else max(n, 2.0) for p in pcts]
+            ys = [h.get_value_at_percentile(p) / 1e3 if p < 100 else h.get_max_value() / 1e3 for p in pcts]
+            right = max(right, xs[-1])
+            color = cmap(levels.index(s["level"]) / max(1, len(levels) - 1) * 0.9)
+            ax.plot(xs, ys, STYLES[k % len(STYLES)], color=color, marker=".", ms=3,
+                    label=f"{name} {s['level']:g}{unit}", alpha=1.0 if k == 0 else 0.6)
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    names = ["0%", "50%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+    ticks = [t for t in (1, 2, 10, 100, 1000, 10000, 100000) if t <= right * 1.5]
+    ax.set_xlim(0.85, right * 1.5)
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(ticker.FixedFormatter(names[:len(ticks)]))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    _plain_axes(ax)
+    ax.set_xlabel("percentile (last point: max)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, plt, path)
+
+
 def _save(fig, plt, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
@@ -115,7 +163,9 @@ def plot_report(report: dict, out_dir: str, stem: str = "") -> list[str]:
     series = series_of(report)
     model = report["load"]["model"]
     return [percentiles_plot(series, os.path.join(out_dir, f"{stem}percentiles.png"), _title(report), model),
-            latency_throughput_plot(series, os.path.join(out_dir, f"{stem}latency_throughput.png"), _title(report))]
+            latency_throughput_plot(series, os.path.join(out_dir, f"{stem}latency_throughput.png"), _title(report)),
+            distribution_plot(series, os.path.join(out_dir, f"{stem}latency_distribution.png"), _title(report),
+                              model)]
 
 
 def plot_compare(a: dict, b: dict, out_dir: str, names=("A", "B")) -> list[str]:
@@ -125,4 +175,5 @@ def plot_compare(a: dict, b: dict, out_dir: str, names=("A", "B")) -> list[str]:
     title = f"{names[0]}: {_title(a)}\n{names[1]}: {_title(b)}"
     model = a["load"]["model"] if a["load"]["model"] == b["load"]["model"] else "mixed"
     return [percentiles_plot(series, os.path.join(out_dir, "compare_percentiles.png"), title, model),
-            latency_throughput_plot(series, os.path.join(out_dir, "compare_latency_throughput.png"), title)]
+            latency_throughput_plot(series, os.path.join(out_dir, "compare_latency_throughput.png"), title),
+            distribution_plot(series, os.path.join(out_dir, "compare_latency_distribution.png"), title, model)]
