@@ -71,6 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="client processes (default %(default)s: half the CPUs, at most 4)")
     lo.add_argument("--channels", type=int, default=1, help="gRPC channels (connections) per process")
     lo.add_argument("--timeout", type=float, default=10.0, help="deadline of each call, seconds")
+    lo.add_argument("--connect-timeout", type=float, default=20.0, help="seconds a worker may take to connect")
     lo.add_argument("--max-in-flight", type=int, default=4096, help="open loop: cap per process")
     lo.add_argument("--check-every", type=int, default=100,
                     help="compare the first and every N-th reply with the reference (0: never)")
@@ -155,7 +156,8 @@ def _run(args) -> int:
     load = engine.Load(model=model, level=levels[0], arrivals=args.arrivals, duration=args.duration,
                        warmup=args.warmup, requests=args.requests, max_duration=args.max_duration,
                        processes=args.processes, channels=args.channels, timeout=args.timeout,
-                       max_in_flight=args.max_in_flight, check_every=args.check_every)
+                       max_in_flight=args.max_in_flight, check_every=args.check_every,
+                       connect_timeout=args.connect_timeout)
     command = "poolclient loadtest " + shlex.join(sys.argv[1:] if sys.argv[1:2] != ["loadtest"] else sys.argv[2:])
     progress = _progress(args.quiet)
     private_echo = None
