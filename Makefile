@@ -45,7 +45,6 @@ test-asan: $(STAMP) $(ASAN_LIB)
 	POOLSERVE_KERNEL_LIB=$(abspath $(ASAN_LIB)) \
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	HYPOTHESIS_PROFILE=asan \
 	$(PY) -m pytest -q -p no:cacheprovider -m kernels tests
 
 serve: $(STAMP)
