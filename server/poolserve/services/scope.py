@@ -75,7 +75,10 @@ class Scope:
         self.t0 = time.perf_counter()
         metrics.IN_FLIGHT.labels(self.rpc).inc()
         if TEST_HOOKS:
-            self._test_hooks()
+            try:
+                self._test_hooks()
+            except Exception as e:  # a with-statement does not call __exit__ for its __enter__
+                self.__exit__(type(e), e, e.__traceback__)
         return self
 
     def _test_hooks(self):
