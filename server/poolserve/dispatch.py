@@ -91,8 +91,10 @@ class Dispatcher:
                 slot.cls = backends.load(name)
                 slot.providers = self._providers_of(slot.cls)
                 self._instance(slot, slot.providers[0])  # start-up cost now, not on the first request
-            except Exception as e:  # noqa: BLE001 -- a backend that fails to start is reported, not fatal
+            except backends.Unsupported as e:  # its message names the backend already
                 slot.cls, slot.reason = None, str(e)
+            except Exception as e:  # noqa: BLE001 -- a backend that fails to start is reported, not fatal
+                slot.cls, slot.reason = None, f"backend {name!r} failed to start: {e}"
             self.slots[name] = slot
         if default_backend != "auto" and default_backend not in self.slots:
             raise ValueError(f"default backend {default_backend!r}: must be auto or one of {', '.join(self.slots)}")
@@ -131,7 +133,7 @@ class Dispatcher:
         for name in names:
             slot = self.slots[name]
             if not slot.available:
-                reasons.append(f"backend {name!r} is not available here: {slot.reason}")
+                reasons.append(slot.reason)  # "backend 'onnx' is not available here: ..."
                 continue
             if provider and provider not in slot.providers:
                 reasons.append(f"backend {name!r} has no provider {provider!r} here "
