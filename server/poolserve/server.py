@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -214,6 +215,19 @@ def supervise(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     log.info("supervising", extra={"fields": {"pid": os.getpid(), "workers": args.workers,
                                               "address": f"{args.host}:{args.port}"}})
+    try:
+        status = _supervise_loop(args, procs, start, stop)
+    finally:  # whatever happened here, the workers are stopped and waited for
+        stopped = _stop_workers(args, procs)
+        reserved.close()
+        if args.metrics_port:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    status = status or stopped
+    log.info("stopped", extra={"fields": {"pid": os.getpid(), "exit": status}})
+    return status
+
+
+def _supervise_loop(args, procs, start, stop) -> int:
     backoff = {i: 0.0 for i in procs}
     restart_at: dict[int, float] = {}
     status = 0
@@ -240,8 +254,13 @@ def supervise(args: argparse.Namespace) -> int:
             backoff[i] = min(30.0, max(0.5, backoff[i] * 2)) if quick else 0.0
             log.warning("worker died; restarting", extra={"fields": {
                 "worker": i, "pid": p.pid, "exitcode": p.exitcode, "restart_in_s": backoff[i]}})
-            procs[i], restart_at[i] = None, time.monotonic() + backoff[i]
+            procs[i], restart_at[i] = (None, 0.0), time.monotonic() + backoff[i]
+    return status
 
+
+def _stop_workers(args, procs) -> int:
+    """SIGTERM every live worker and wait for each to drain; non-zero if one failed to."""
+    status = 0
     alive = [p for p, _ in procs.values() if p is not None and p.is_alive()]
     for p in alive:
         os.kill(p.pid, signal.SIGTERM)
@@ -254,11 +273,25 @@ def supervise(args: argparse.Namespace) -> int:
             status = status or 1
         elif p.exitcode != 0:
             status = status or 1
-    reserved.close()
-    log.info("stopped", extra={"fields": {"pid": os.getpid(), "exit": status}})
     return status
 
 
 def _worker_main(args: argparse.Namespace, index: int) -> None:
+    _exit_with_parent()
     logs.setup(args.log_level, args.log_format)
     sys.exit(serve_worker(args, index=index, reuse_port=True))
+
+
+def _exit_with_parent() -> None:
+    """Linux: SIGTERM this worker when the parent dies (even by SIGKILL), so that no orphan
+    keeps serving on the port unsupervised."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent still stops its workers on a normal shutdown
