@@ -14,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import re
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -37,6 +39,22 @@ def health_status(target: str, service: str = "", timeout: float = 1.0) -> str:
         except grpc.RpcError as e:
             return e.code().name
     return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll until predicate() is truthy (bounded); return its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def in_flight(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r'^poolserve_in_flight_requests\{rpc="Pool"\} (\S+)$', text, re.M))
 
 
 class ServerProcess:

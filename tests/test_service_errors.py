@@ -16,7 +16,7 @@ from poolclient.tensors import to_tensor
 from poolserve import backends, reference
 from poolserve.spec import PoolSpec
 
-from serving import ServerProcess, health_status
+from serving import ServerProcess, health_status, in_flight, wait_for
 
 MAX_ELEMENTS = 4096
 MAX_MESSAGE = 1 << 20
@@ -161,20 +161,17 @@ def test_too_many_concurrent_calls():
     """Past --max-concurrent-rpcs the server answers RESOURCE_EXHAUSTED instead of queueing."""
     import threading
 
-    with ServerProcess("--max-concurrent-rpcs", "1") as srv, PoolClient(srv.target) as slow, \
+    with ServerProcess("--max-concurrent-rpcs", "1", metrics=True) as srv, PoolClient(srv.target) as slow, \
             PoolClient(srv.target, options=[("grpc.use_local_subchannel_pool", 1)]) as fast:
-        t = threading.Thread(target=slow.max_pool, args=(X, 2), kwargs={"metadata": [("poolserve-test-sleep-ms", "1500")]})
+        result = {}
+        t = threading.Thread(target=lambda: result.update(
+            y=slow.max_pool(X, 2, metadata=[("poolserve-test-sleep-ms", "1500")])))
         t.start()
         try:
-            errors = []
-            for _ in range(50):  # until the slow call is in (bounded)
-                try:
-                    fast.max_pool(X, 2)
-                except poolclient.ResourceExhausted as e:
-                    errors.append(e)
-                    break
-                import time
-                time.sleep(0.02)
-            assert errors, "never refused"
+            wait_for(lambda: in_flight(srv.metrics_port) >= 1, 20, "the slow call to be in")
+            with pytest.raises(poolclient.ResourceExhausted):
+                fast.max_pool(X, 2)
         finally:
-            t.join()
+            t.join(30)
+        np.testing.assert_array_equal(result["y"], reference.forward(PoolSpec("max", (2, 2)), X)[0])
+        np.testing.assert_array_equal(fast.max_pool(X, 2), result["y"])  # served once the slot is free

@@ -4,13 +4,11 @@ no lost request), TLS, and the `poolserve health` probe."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 
 import grpc
@@ -23,27 +21,11 @@ from poolclient import TLS, PoolClient
 from poolserve import reference
 from poolserve.spec import PoolSpec
 
-from serving import ServerProcess, health_status
+from serving import ServerProcess, health_status, in_flight, wait_for
 
 X = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
 Y = reference.forward(PoolSpec("max", (2, 2)), X)[0]
 SLOW = [("poolserve-test-sleep-ms", "2500")]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    """Poll until predicate() is truthy (bounded); return its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def in_flight(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return sum(float(v) for v in re.findall(r'^poolserve_in_flight_requests\{rpc="Pool"\} (\S+)$', text, re.M))
 
 
 def test_health_reflection_and_probe():

@@ -53,7 +53,6 @@ def _flag(parser, name: str, default, kind=str, help_text="", **kw):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    cpus = os.cpu_count() or 1
     _flag(parser, "host", "127.0.0.1", help_text="address to listen on (0.0.0.0 or [::] for every interface)")
     _flag(parser, "port", 50051, int, "gRPC port (0: any free port, one worker only)")
     _flag(parser, "tls-cert", None, help_text="PEM certificate chain: serve TLS (with --tls-key)")
