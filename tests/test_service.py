@@ -5,6 +5,7 @@ the asyncio client; the CLI; the README's example."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -36,12 +37,13 @@ def client(server):
         yield c
 
 
-def _supported(backend: str, spec: PoolSpec, dtype: str):
+def _supported(backend: str, spec: PoolSpec, dtype: str, op: str = "forward"):
     """Skip (with the backend's reason) a case the backend does not run: the server would answer
     FAILED_PRECONDITION, as tested in test_service_errors."""
     cls = backends.load(backend)
     inst = cls(threads=1) if backend == "c" else cls(threads=1, providers=["CPUExecutionProvider"])
-    reason = inst.supports(spec, dtype)
+    check = getattr(inst, "supports_backward", inst.supports) if op == "backward" else inst.supports
+    reason = check(spec, dtype)
     if reason:
         pytest.skip(reason)
 
@@ -126,7 +128,7 @@ def test_backward_matches_reference(client, backend, mode, dtype, layout):
     shape = (2, 3, 9, 8) if layout == "channels_first" else (2, 9, 8, 3)
     spec = PoolSpec(mode, (3, 3), strides=(2, 2), pads=(1, 1, 1, 0), layout=layout,
                     count_include_pad=mode == "avg", p=2.0)
-    _supported(backend, spec, dtype)
+    _supported(backend, spec, dtype, "backward")
     x = rng.standard_normal(shape).astype(dtype)
     g = spec.resolve(shape)
     dy = rng.uniform(-1, 1, g.output_shape).astype(dtype)
@@ -242,15 +244,24 @@ def test_readme_quickstart_runs(server):
     assert [float(v) for v in re.findall(r"[-\d.]+", out)] == y.ravel().tolist()
 
 
-def test_metrics_endpoint():
+def test_metrics_logs_and_env_config():
+    """Prometheus text on its own port; one structured log line per request at debug; flags
+    from POOLSERVE_* environment variables."""
     import urllib.request
 
-    with ServerProcess(metrics=True) as srv, PoolClient(srv.target) as c:
+    env = {"POOLSERVE_MAX_ELEMENTS": "5000", "POOLSERVE_LOG_LEVEL": "debug", "POOLSERVE_LOG_FORMAT": "json"}
+    with ServerProcess(metrics=True, env=env) as srv, PoolClient(srv.target) as c:
+        assert c.server_info().limits.max_elements == 5000
         x = np.ones((1, 1, 4, 4), np.float32)
-        c.max_pool(x, 2)
+        c.max_pool(x, 2, metadata=[("x-request-id", "test-request-42")])
         with pytest.raises(poolclient.InvalidArgument):
             c.max_pool(x, 5)
         text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=10).read().decode()
+        lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+    request = next(r for r in lines if r.get("request_id") == "test-request-42")
+    assert request["level"] == "debug" and request["rpc"] == "Pool" and request["op"] == "max"
+    assert request["backend"] == "c" and request["shape"] == "1x1x4x4" and request["status"] == "OK"
+    assert request["bytes_in"] == 64 and request["bytes_out"] == 16 and request["us"] >= 0
     assert 'poolserve_requests_total{backend="c",code="OK",op="max",rpc="Pool"} 1.0' in text
     assert 'code="INVALID_ARGUMENT"' in text
     assert re.search(r'poolserve_received_bytes_total\{rpc="Pool"\} 64\.0', text)

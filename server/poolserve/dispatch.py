@@ -122,8 +122,12 @@ class Dispatcher:
             return inst
 
     # -- choosing a backend ---------------------------------------------------------------------
-    def choose(self, spec: PoolSpec, dtype: str, backend: str = "", provider: str = ""):
-        """(backend instance, name, provider) for this request, or Unsupported saying why not."""
+    def choose(self, spec: PoolSpec, dtype: str, backend: str = "", provider: str = "", op: str = "forward"):
+        """(backend instance, name, provider) for this request, or Unsupported saying why not.
+
+        ``op`` "backward" asks a backend's ``supports_backward`` where it has one (a backend may
+        run a spec forward and not backward).
+        """
         provider = provider_short(provider) if provider else ""
         if backend and backend not in self.slots:
             raise SpecError("spec.backend", backend, f"unknown backend; known: {', '.join(self.slots)}")
@@ -141,7 +145,8 @@ class Dispatcher:
                 continue
             p = provider or slot.providers[0]
             inst = self._instance(slot, p)
-            why = inst.supports(spec, dtype)
+            check = getattr(inst, "supports_backward", inst.supports) if op == "backward" else inst.supports
+            why = check(spec, dtype)
             if why:
                 reasons.append(f"backend {name!r}: {why}")
                 continue
@@ -199,7 +204,7 @@ class Dispatcher:
                 raise SpecError("indices", None, "max backward needs the forward indices or the input")
             if indices is not None:
                 _check_indices(g, indices)
-        inst, name, prov = self.choose(spec, dtype, backend, provider)
+        inst, name, prov = self.choose(spec, dtype, backend, provider, op="backward")
         dx = inst.backward(spec, input_shape, grad_output,
                            x=x if spec.mode != "avg" else None,
                            indices=indices if spec.mode == "max" else None)
