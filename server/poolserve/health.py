@@ -7,8 +7,12 @@ grpc_health_probe, for Docker HEALTHCHECK and Kubernetes exec probes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+
+if importlib.util.find_spec("grpc_health") is None:
+    raise ImportError("grpc_health is not installed: pip install 'poolserve[server]'")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ for containers; a flag on the command line wins.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shutil
@@ -29,6 +30,13 @@ import threading
 import time
 
 from . import logs
+
+# The server extra's packages, checked without importing them (prometheus_client must not be
+# imported before PROMETHEUS_MULTIPROC_DIR is decided): `poolserve serve` is listed as
+# unavailable, saying what to install, rather than failing after start-up.
+for _module in ("grpc_health", "grpc_reflection", "grpc_status", "prometheus_client"):
+    if importlib.util.find_spec(_module) is None:
+        raise ImportError(f"{_module} is not installed: pip install 'poolserve[server]'")
 
 log = logging.getLogger("poolserve.server")
 
