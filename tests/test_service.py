@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -172,6 +173,23 @@ def test_pool_many_mixed_specs_and_errors(client):
     # the first bad request ends the stream with its status, naming which request it was
     with pytest.raises(poolclient.InvalidArgument, match=r"requests\[1\]"):
         list(client.pool_many([x, x[:, :, :1, :1]], mode="max", kernel_size=2))
+
+
+def test_cancelled_stream_is_not_an_error(server, client):
+    """A client that stops reading a stream midway cancels it: no error log, still serving."""
+    x = np.ones((1, 2, 8, 8), np.float32)
+
+    def endless():
+        while True:
+            yield x
+
+    stream = client.pool_many(endless(), mode="max", kernel_size=2)
+    for i, _ in zip(range(5), stream):
+        pass
+    stream.close()
+    time.sleep(0.3)  # let the server see the cancellation (not a timing assertion)
+    np.testing.assert_array_equal(client.max_pool(x, 2), np.ones((1, 2, 4, 4), np.float32))
+    assert "unexpected exception" not in server.log()
 
 
 def test_async_client(server):

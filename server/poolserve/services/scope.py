@@ -125,6 +125,11 @@ class Scope:
                 self.record(code, bytes_in=self.bytes_in, bytes_out=self.bytes_out)
             self.context.set_trailing_metadata(self.trailing())
             return False
+        if not isinstance(exc, Exception) or isinstance(exc, grpc.RpcError):
+            # GeneratorExit, or the request iterator's RpcError: the client cancelled a stream
+            # (or went away); there is nobody to answer
+            self.record("CANCELLED", bytes_in=self.bytes_in)
+            return False
         failure = classify(exc, self.request_id)
         if failure.internal:
             log.error("unexpected exception", exc_info=(exc_type, exc, tb), extra={"fields": {
