@@ -38,7 +38,9 @@ class PoolingServicer(pb_grpc.PoolingServicer):
 
     def _forward(self, scope: Scope, request: pb.PoolRequest, spec, backend: str, provider: str,
                  index: int | None = None):
-        """Run one PoolRequest with an already-built spec; return (response, bytes in, bytes out)."""
+        """Run one PoolRequest with an already-built spec.
+
+        Returns (response, bytes in, bytes out, op, the backend that ran it)."""
         field = "input" if index is None else f"requests[{index}].input"
         if not request.HasField("input"):
             raise SpecError(field, None, "is required")
@@ -77,11 +79,12 @@ class PoolingServicer(pb_grpc.PoolingServicer):
                         s.op = spec.mode
                     elif layout_of(request.input) != spec.layout:
                         spec = spec.replace(layout=layout_of(request.input))
-                    out, nin, nout, op, backend = self._forward(s, request, spec, backend, provider, index=i)
+                    # `backend` stays what the caller asked for ("" = policy), not what ran last
+                    out, nin, nout, op, ran = self._forward(s, request, spec, backend, provider, index=i)
                 except SpecError as e:
                     raise SpecError(e.field if e.field.startswith("requests[") else f"requests[{i}].{e.field}",
                                     e.value, str(e).split(": ", 1)[-1]) from None
-                s.record("OK", op=op, backend=backend, bytes_in=nin, bytes_out=nout, t0=t0)
+                s.record("OK", op=op, backend=ran, bytes_in=nin, bytes_out=nout, t0=t0)
                 yield out
 
     def PoolBackward(self, request, context):
