@@ -117,7 +117,6 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
 
     from poolclient._proto.poolserve.v1 import pooling_pb2_grpc
 
-    from . import metrics
     from .dispatch import Dispatcher
     from .services.pooling import PoolingServicer, ServerFacts
     from .services.scope import STATS
@@ -156,9 +155,9 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     except (RuntimeError, OSError) as e:
         log.error("cannot listen", extra={"fields": {"address": address, "error": str(e)}})
         return EXIT_CONFIG
+    if args.workers == 1 and args.metrics_port and not _serve_metrics(args):
+        return EXIT_CONFIG
     server.start()
-    if args.workers == 1 and args.metrics_port:
-        metrics.serve(args.metrics_port, args.metrics_host or args.host)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     backends = ",".join(b["name"] for b in dispatcher.describe()["backends"] if b["available"])
@@ -182,6 +181,18 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     server.stop(args.grace).wait()
     log.info("stopped", extra={"fields": {"pid": os.getpid(), **STATS.take()}})
     return 0
+
+
+def _serve_metrics(args) -> bool:
+    from . import metrics
+
+    host = args.metrics_host or args.host
+    try:
+        metrics.serve(args.metrics_port, host)
+    except OSError as e:
+        log.error("cannot serve metrics", extra={"fields": {"address": f"{host}:{args.metrics_port}", "error": str(e)}})
+        return False
+    return True
 
 
 # -- the supervising parent ------------------------------------------------------------------------
@@ -216,10 +227,9 @@ def supervise(args: argparse.Namespace) -> int:
         return p, time.monotonic()
 
     procs = {i: start(i) for i in range(args.workers)}
-    if args.metrics_port:
-        from . import metrics
-
-        metrics.serve(args.metrics_port, args.metrics_host or args.host)
+    if args.metrics_port and not _serve_metrics(args):
+        _stop_workers(args, procs)
+        return EXIT_CONFIG
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
