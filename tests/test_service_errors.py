@@ -18,7 +18,7 @@ from poolserve.spec import PoolSpec
 
 from serving import ServerProcess, health_status, in_flight, wait_for
 
-MAX_ELEMENTS = 4096
+MAX_ELEMENTS = 1 << 17
 MAX_MESSAGE = 1 << 20
 OK, INVALID, EXHAUSTED, PRECONDITION, DEADLINE, INTERNAL = (
     grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -90,7 +90,7 @@ CASES = {
     "unknown backend": (pool(backend="tpu"), INVALID, "spec.backend"),
     "CUDA where absent": (pool(provider="cuda"), PRECONDITION, "cuda"),
     "CUDA asked of the C backend": (pool(backend="c", provider="cuda"), PRECONDITION, "cuda"),
-    "over the element limit": (pool(tensor(np.zeros((1, 1, 80, 80), np.float32))), EXHAUSTED, "input.shape"),
+    "over the element limit": (pool(tensor(np.zeros((1, 1, 400, 400), np.float32))), EXHAUSTED, "input.shape"),
     "message over the size limit": (pool(tensor(np.zeros((1, 1, 1024, 1024), np.int8))), EXHAUSTED,
                                     "larger than max"),
     "deadline too short": (("Pool", pb.PoolRequest(input=tensor(), spec=spec()),
@@ -111,6 +111,10 @@ CASES = {
                                                 grad_output=tensor(DY)), INVALID, "input"),
     "backward: no input_shape": (backward(spec=spec(mode=pb.AVG), grad_output=tensor(DY)), INVALID,
                                  "input_shape"),
+    "backward: gradient over the message limit": (backward(spec=spec(mode=pb.AVG, kernel_shape=[64, 64]),
+                                                           input_shape=[1, 2, 256, 256],  # 2^17 float64s
+                                                           grad_output=tensor(np.ones((1, 2, 4, 4), np.float64))),
+                                                  EXHAUSTED, "input_shape"),
     "backward: input_shape over the element limit": (backward(spec=spec(mode=pb.AVG), input_shape=[2, 3, 800, 800],
                                                               grad_output=tensor(DY)), EXHAUSTED, "input_shape"),
 }

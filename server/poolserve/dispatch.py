@@ -79,8 +79,13 @@ def _qualify(e: SpecError, tensor_field: str) -> SpecError:
 
 class Dispatcher:
     def __init__(self, *, default_backend: str = "auto", kernel_threads: int | None = None,
-                 onnx_threads: int | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS):
+                 onnx_threads: int | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS,
+                 max_result_bytes: int | None = None):
+        """max_result_bytes: refuse, before computing, a result that could not be sent back
+        (the transport's message limit).  Without it a small backward request could make the
+        server allocate a gradient of up to max_elements float64s."""
         self.max_elements = int(max_elements)
+        self.max_result_bytes = max_result_bytes
         self.kernel_threads = kernel_threads or os.cpu_count() or 1
         self.onnx_threads = onnx_threads or self.kernel_threads
         self._lock = threading.Lock()
@@ -159,6 +164,11 @@ class Dispatcher:
         if n > self.max_elements:
             raise LimitExceeded(field, list(shape), f"{n} elements is over this server's limit of {self.max_elements}")
 
+    def _check_result_bytes(self, field: str, shape, nbytes: int) -> None:
+        if self.max_result_bytes is not None and nbytes > self.max_result_bytes:
+            raise LimitExceeded(field, list(shape), f"the result would take {nbytes} bytes, over this server's "
+                                                    f"message limit of {self.max_result_bytes}")
+
     def resolve(self, spec: PoolSpec, shape, dtype: str | None, tensor_field: str) -> Geometry:
         try:
             g = spec.resolve(shape, dtype)
@@ -170,7 +180,9 @@ class Dispatcher:
     # -- the two operations -----------------------------------------------------------------------
     def forward(self, spec: PoolSpec, x: np.ndarray, *, backend: str = "", provider: str = "") -> Result:
         self._check_elements("input.shape", x.shape)
-        self.resolve(spec, x.shape, x.dtype.name, "input")
+        g = self.resolve(spec, x.shape, x.dtype.name, "input")
+        per_element = x.dtype.itemsize + (8 if spec.return_indices else 0)
+        self._check_result_bytes("input.shape", x.shape, g.output_elements * per_element)
         inst, name, prov = self.choose(spec, x.dtype.name, backend, provider)
         y, ind = inst.forward(spec, x)
         return Result(y, ind, name, prov)
@@ -191,6 +203,7 @@ class Dispatcher:
         dtype = grad_output.dtype.name
         if dtype not in FLOAT_DTYPES:
             raise SpecError("grad_output.dtype", dtype, f"must be one of {', '.join(FLOAT_DTYPES)}")
+        self._check_result_bytes("input_shape", input_shape, math.prod(input_shape) * grad_output.dtype.itemsize)
         g = self.resolve(spec, input_shape, None, "input")
         if grad_output.shape != g.output_shape:
             raise SpecError("grad_output.shape", list(grad_output.shape),

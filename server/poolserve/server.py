@@ -123,7 +123,8 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
 
     try:
         dispatcher = Dispatcher(default_backend=args.default_backend, kernel_threads=args.kernel_threads,
-                                max_elements=args.max_elements)
+                                max_elements=args.max_elements,
+                                max_result_bytes=args.max_message_bytes - 64 * 1024)  # room for the rest
     except ValueError as e:
         log.error("cannot start", extra={"fields": {"error": str(e)}})
         return EXIT_CONFIG
