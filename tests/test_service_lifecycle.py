@@ -72,8 +72,11 @@ def test_sigterm_drains_a_slow_request():
 
 
 def test_workers_spread_restart_and_lose_nothing():
-    with ServerProcess("--workers", "2", metrics=True, startup_s=90) as srv:
+    # connections are also aged out every 2 s (GOAWAY): calls carry on over new ones
+    with ServerProcess("--workers", "2", "--max-connection-age", "2", metrics=True, startup_s=90) as srv:
         workers = wait_for(lambda: srv.children() if len(srv.children()) == 2 else None, 30, "two workers")
+        # health answers as soon as one worker serves: wait until both listen
+        wait_for(lambda: srv.log().count("msg=serving") == 2, 60, "both workers listening")
         # several connections reach both processes (the kernel spreads connections, not calls)
         pid_of = {}
         for _ in range(40):

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "max-elements", 1 << 28, int, "most elements in one tensor (more: RESOURCE_EXHAUSTED)")
     _flag(parser, "max-concurrent-rpcs", 64, int,
           "calls served at once per worker; more get RESOURCE_EXHAUSTED (0: no limit, calls queue)")
+    _flag(parser, "max-connection-age", 0.0, float,
+          "seconds before the server asks a client to reconnect (GOAWAY), so clients re-resolve and "
+          "reach new pods behind a headless Service (0: never)")
     _flag(parser, "default-backend", "auto", help_text="backend for requests that name none: auto, c or onnx")
     _flag(parser, "metrics-port", 9464, int, "Prometheus metrics HTTP port (0: no metrics endpoint)")
     _flag(parser, "metrics-host", None, help_text="address of the metrics endpoint (default: --host)")
@@ -134,6 +137,10 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
         # on by default in grpcio: a second server would bind the port silently; share it only on purpose
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
+    if args.max_connection_age > 0:
+        options += [("grpc.max_connection_age_ms", int(args.max_connection_age * 1000)),
+                    # calls in flight on an aged connection get as long as a shutdown gives them
+                    ("grpc.max_connection_age_grace_ms", int(args.grace * 1000))]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads, thread_name_prefix="rpc"),
                          options=options, maximum_concurrent_rpcs=args.max_concurrent_rpcs or None)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
