@@ -232,3 +232,76 @@ def test_cli_exit_status_says_when_answers_were_wrong(tmp_path, monkeypatch):
                        "--out", str(tmp_path)])
     assert rc == cli.EXIT_WRONG_ANSWER
     assert os.path.exists(tmp_path / "loadtest.json")
+
+
+# -- against the real poolserve server (a subprocess on a free loopback port) --------------------
+REAL = Scenario("real", shape=(1, 8, 24, 24), kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def poolserver():
+    pytest.importorskip("poolserve.server", reason="the server package is not installed")
+    from serving import ServerProcess
+
+    with ServerProcess() as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("api, sc", [
+    ("native", REAL.with_overrides(return_indices=True)),
+    ("native-stream", REAL.with_overrides(mode="avg")),
+    ("native", REAL.with_overrides(op="backward", mode="max")),
+    ("native", REAL.with_overrides(op="backward", mode="lp", p=3.0, dtype="float64")),
+], ids=["pool-indices", "stream-avg", "backward-max", "backward-lp"])
+def test_real_server_answers_are_checked_against_the_reference(poolserver, api, sc):
+    step = run_step(poolserver.target, build_payload(api, sc),
+                    Load("closed", 2, processes=2, check_every=1, **SHORT))
+    assert_consistent(step)
+    assert step["errors"] == {} and step["ok"] > 0
+    assert step["checks"]["enabled"] and step["checks"]["done"] == step["ok"]
+
+
+def test_real_server_open_loop_sweep_with_echo_baseline(poolserver):
+    from poolclient.loadtest import run_sweep
+
+    payload = build_payload("native", REAL)
+    rep = run_sweep(poolserver.target, payload, Load("open", 1, arrivals="constant", **SHORT), [50, 100],
+                    baseline="echo")
+    for step in rep["steps"] + rep["baseline"]["steps"]:
+        assert_consistent(step)
+        assert step["errors"] == {} and abs(step["sent"] - step["level"]) <= 2
+    # the baseline returned as many bytes as the service did
+    for s, b in zip(rep["steps"], rep["baseline"]["steps"]):
+        assert b["bytes_in_per_s"] / b["ok"] == pytest.approx(s["bytes_in_per_s"] / s["ok"], rel=0.01)
+    assert [o["level"] for o in rep["baseline"]["overhead"]] == [50, 100]
+    assert all(o["p50_ratio"] > 0 for o in rep["baseline"]["overhead"])
+
+
+def test_real_server_refusals_are_counted_by_status(poolserver):
+    bad = REAL.with_overrides(backend="no-such-backend")
+    step = run_step(poolserver.target, build_payload("native", bad),
+                    Load("closed", 2, requests=40, warmup=0.0, timeout=5.0))
+    assert_consistent(step)
+    assert step["ok"] == 0 and step["errors"] == {"INVALID_ARGUMENT": 40}
+    assert "backend" in step["error_examples"]["INVALID_ARGUMENT"]
+
+
+def test_a_fast_wrong_pooling_answer_is_an_error(echo):
+    # the echo server returns the request: a PoolRequest read as a PoolResponse "answers" with
+    # the unpooled input, at transport speed.  The reference check must catch every one.
+    step = run_step(echo.target, build_payload("native", REAL),
+                    Load("closed", 1, requests=30, warmup=0.0, check_every=1, timeout=5.0))
+    assert_consistent(step)
+    assert step["ok"] == 0 and step["errors"] == {"WRONG_ANSWER": 30}
+    assert "output" in step["error_examples"]["WRONG_ANSWER"]
+
+
+def test_poolclient_cli_runs_loadtest(poolserver, tmp_path):
+    from poolclient import cli as poolclient_cli
+
+    rc = poolclient_cli.main(["loadtest", "--target", poolserver.target, "--shape", "1,8,24,24", "--kernel", "2,2",
+                              "--concurrency", "1", "--duration", "0.5", "--warmup", "0.1", "--processes", "1",
+                              "--quiet", "--no-plots", "--out", str(tmp_path)])
+    assert rc == 0
+    rep = json.loads((tmp_path / "loadtest.json").read_text())
+    assert rep["method"] == "/poolserve.v1.Pooling/Pool" and rep["steps"][0]["errors"] == {}
