@@ -240,11 +240,18 @@ class _StreamCaller:
             self.waiters.append(fut)
             message = self.next if self.sent_first else self.first
             self.sent_first = True
+            stream = self.stream
             try:
-                await self.stream.write(message)
-            except Exception as e:  # the stream broke: its reader sets the status; make sure
+                await stream.write(message)
+            except Exception as e:
+                # The stream had already ended, usually because an earlier request on it failed:
+                # this request gets the stream's status, not a made-up one.
                 if not fut.done():
-                    fut.set_result(("UNAVAILABLE", None, f"stream write failed: {e!r}"))
+                    try:
+                        code = (await asyncio.wait_for(stream.code(), 1.0)).name
+                    except Exception:
+                        code = "UNAVAILABLE"
+                    fut.set_result((code, None, f"the stream ended before this request was sent ({e!r})"))
         try:
             return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
         except asyncio.TimeoutError:
