@@ -71,7 +71,10 @@ def table(report: dict) -> str:
     level_name = "rate/s" if report["load"]["model"] == "open" else "conc"
     head = (f"{'target':8} {level_name:>7} {'ok':>8} {'err':>6} {'req/s':>9} {'MB/s':>8} {'p50':>8} {'p90':>8} "
             f"{'p99':>8} {'p99.9':>8} {'max':>8} {'cli cpu':>8}")
+    la = report["host"].get("loadavg_1min")
     lines = [f"{report['description']}  [{report['api']} {report['method']}]",
+             f"{report['date']}  {report['host']['cpu_count']} CPUs" +
+             (f", load average {la['before']:g} before, {la['after']:g} after" if la else ""),
              f"latency in ms; MB/s counts both directions; cli cpu = client cores busy", head, "-" * len(head)]
     base = report["baseline"]["steps"] if report.get("baseline") else []
     steps = sorted([(s, 0) for s in report["steps"]] + [(s, 1) for s in base], key=lambda e: (e[0]["level"], e[1]))

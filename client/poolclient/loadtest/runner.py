@@ -26,6 +26,7 @@ def run_sweep(target: str, payload, load: engine.Load, levels: list[float], *, b
     if baseline not in (None, "echo"):
         raise ValueError(f"baseline={baseline!r}: only 'echo' is offered")
     steps, base_steps = [], []
+    load_before = os.getloadavg()
     echo = EchoServer(threads=echo_threads).start() if baseline == "echo" else None
     try:
         for level in levels:
@@ -39,7 +40,10 @@ def run_sweep(target: str, payload, load: engine.Load, levels: list[float], *, b
     finally:
         if echo is not None:
             echo.stop()
-    return make_report(target, payload, load, steps, base_steps or None, scenario=scenario, command=command)
+    rep = make_report(target, payload, load, steps, base_steps or None, scenario=scenario, command=command)
+    # other work on the machine skews everything: say how busy it was (1-minute load average)
+    rep["host"]["loadavg_1min"] = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
+    return rep
 
 
 def _tagged(progress, label, load):
