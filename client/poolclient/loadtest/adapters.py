@@ -160,45 +160,40 @@ def _native(sc: Scenario, streaming: bool) -> Payload:
     x = sc.make_input()
     spec = _spec_proto(pb, sc)
     ref, note = _reference(sc)
-    expected = indices = None
-    if ref is not None:
-        reference, pspec = ref
-        y, ind = reference.forward(pspec, x)
+    rtol, atol = _tolerance(sc.dtype, sc.mode, sc.op)
     if sc.op == "pool":
         first = pb.PoolRequest(input=to_tensor(x, sc.layout), spec=spec).SerializeToString()
         # PoolStream reuses the first message's spec when later ones leave it unset: that saving
         # is the point of streaming, so the harness measures it.
         nxt = pb.PoolRequest(input=to_tensor(x, sc.layout)).SerializeToString() if streaming else None
         method = "/poolserve.v1.Pooling/PoolStream" if streaming else "/poolserve.v1.Pooling/Pool"
+        checker = reply_bytes = None
         if ref is not None:
-            expected, indices = y, ind
+            reference, pspec = ref
+            y, ind = reference.forward(pspec, x)
+            checker = NativeCheck("pool", y, ind, rtol, atol)
             reply = pb.PoolResponse(output=to_tensor(y, sc.layout), backend=sc.backend or "c", provider="cpu")
             if ind is not None:
                 reply.indices.CopyFrom(to_tensor(ind, sc.layout))
+            # a few bytes off where the backend's name differs: immaterial for the baseline
+            reply_bytes = reply.ByteSize()
     else:
-        if ref is None:
-            raise ValueError(f"op=backward needs the reference to build its gradient input: {note}")
+        if ref is None:  # the gradient's shape and max's indices come from the reference
+            raise ValueError(f"op=backward needs the reference to build its request: {note}")
+        reference, pspec = ref
+        y, ind = reference.forward(pspec.replace(return_indices=sc.mode == "max"), x)
         g = np.random.default_rng(sc.seed + 1).standard_normal(y.shape).astype(y.dtype)
         req = pb.PoolBackwardRequest(spec=spec, input_shape=sc.shape, grad_output=to_tensor(g, sc.layout))
         if sc.mode == "max":
-            ind = ind if ind is not None else reference.forward(pspec.replace(return_indices=True), x)[1]
             req.indices.CopyFrom(to_tensor(ind, sc.layout))
         elif sc.mode == "lp":
             req.input.CopyFrom(to_tensor(x, sc.layout))
         first, nxt, method = req.SerializeToString(), None, "/poolserve.v1.Pooling/PoolBackward"
-        expected = reference.backward(pspec, sc.shape, g, x=x, indices=ind if sc.mode == "max" else None)
-        reply = pb.PoolBackwardResponse(grad_input=to_tensor(expected, sc.layout), backend=sc.backend or "c",
-                                        provider="cpu")
-    checker = None
-    reply_bytes = None
-    if ref is not None:
-        rtol, atol = _tolerance(sc.dtype, sc.mode, sc.op)
-        checker = NativeCheck(sc.op, np.ascontiguousarray(expected), indices, rtol, atol)
-        # a few bytes off where the real backend's name differs: immaterial for the baseline
-        reply_bytes = reply.ByteSize()
-    else:
-        # no reference: the echo baseline returns as many bytes as the pooled output would be
-        reply_bytes = None
+        dx = reference.backward(pspec, sc.shape, g, x=x, indices=ind)
+        checker = NativeCheck("backward", dx, None, rtol, atol)
+        reply_bytes = pb.PoolBackwardResponse(grad_input=to_tensor(dx, sc.layout), backend=sc.backend or "c",
+                                              provider="cpu").ByteSize()
+    # without a reference the baseline echoes the request back (reply_bytes None)
     return Payload("native-stream" if streaming else "native", method, streaming, first, nxt, reply_bytes,
                    checker, note, (), sc.describe())
 
