@@ -154,7 +154,7 @@ class GRPCInferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModelReady(self, request, context):
-        """Is this model ready?  Unknown models are NOT_FOUND.
+        """Is this model ready?  A model the server does not have is not ready (Triton: no error).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
