@@ -110,6 +110,24 @@ def test_live_and_ready(client):
     assert not client.is_model_ready("maxpool_2x2_s2", model_version="2")
 
 
+def test_health_service_knows_the_inference_service(server):
+    from serving import health_status
+
+    assert health_status(server.target, "inference.GRPCInferenceService") == "SERVING"
+
+
+def test_not_ready_while_draining():
+    with ServerProcess("--drain-delay", "3") as srv:
+        c = grpcclient.InferenceServerClient(srv.target)
+        assert c.is_server_ready()
+        srv.signal()
+        from serving import wait_for
+
+        wait_for(lambda: not c.is_server_ready(), 2.5, "ServerReady to turn false")
+        assert c.is_server_live()  # still answering while it drains
+        c.close()
+
+
 def test_server_metadata(client):
     md = client.get_server_metadata(as_json=True)
     assert md["name"] == "poolserve"
@@ -188,6 +206,15 @@ def test_requested_outputs_with_indices(client):
     assert plain.as_numpy("indices") is None
 
 
+def test_classification_is_refused_not_ignored(client):
+    x = random_input((1, 2, 4, 4), "FP32")
+    inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("maxpool_2x2_s2", [inp], outputs=[grpcclient.InferRequestedOutput("output", class_count=3)])
+    assert status_of(e) == "INVALID_ARGUMENT" and "classification" in e.value.message()
+
+
 def test_request_id_and_backend_parameter(client):
     x = random_input((1, 2, 4, 4), "FP32")
     r = infer(client, "avgpool_2x2_s2", x, "FP32", request_id="req-17", parameters={"backend": "c"})
@@ -260,6 +287,7 @@ def test_unknown_model_and_version_are_not_found(client):
     ("avgpool_2x2_s2", (1, 2, 4, 4), "FP32", np.float32, ("indices",), "outputs[0].name"),
     ("maxpool_2x2_s2", (1, 2, 4, 4), "FP32", np.float32, ("output", "output"), "requested twice"),
     ("maxpool_2x2_s2", (1, 0, 4, 4), "FP32", np.float32, ("output",), "input.shape"),
+    ("maxpool_2x2_s2", (1, 2, 4, 4), "FP32", np.float32, ("no_such_output",), "has outputs output, indices"),
 ])
 def test_bad_requests_are_invalid_argument(client, model, shape, datatype, send_dtype, outputs, needle):
     x = np.zeros(shape, dtype=send_dtype)

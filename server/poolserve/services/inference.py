@@ -169,6 +169,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                 f"model {model.name!r} has outputs {', '.join(model.outputs)}")
             if o.name in seen:
                 raise SpecError(f"outputs[{i}].name", o.name, "is requested twice")
+            if "classification" in o.parameters:  # Triton's top-k labels: refused, never ignored
+                raise SpecError(f"outputs[{i}].parameters['classification']", o.parameters["classification"].int64_param,
+                                "pooling models have no classes")
             seen.add(o.name)
             wanted.append((o.name, shm_ref(o.parameters, f"outputs[{i}]")))
         return wanted
