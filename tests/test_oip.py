@@ -485,7 +485,8 @@ def test_native_api_on_the_same_port(server, client):
 
     x = random_input((1, 2, 6, 6), "FP32")
     with poolclient.PoolClient(server.target) as native:
-        np.testing.assert_array_equal(native.max_pool(x, 2), infer(client, "maxpool_2x2_s2", x, "FP32").as_numpy("output"))
+        via_oip = infer(client, "maxpool_2x2_s2", x, "FP32").as_numpy("output")
+        np.testing.assert_array_equal(native.max_pool(x, 2), via_oip)
 
 
 # -- the repository file at start-up ---------------------------------------------------------------

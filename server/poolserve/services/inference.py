@@ -170,8 +170,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if o.name in seen:
                 raise SpecError(f"outputs[{i}].name", o.name, "is requested twice")
             if "classification" in o.parameters:  # Triton's top-k labels: refused, never ignored
-                raise SpecError(f"outputs[{i}].parameters['classification']", o.parameters["classification"].int64_param,
-                                "pooling models have no classes")
+                raise SpecError(f"outputs[{i}].parameters['classification']",
+                                o.parameters["classification"].int64_param, "pooling models have no classes")
             seen.add(o.name)
             wanted.append((o.name, shm_ref(o.parameters, f"outputs[{i}]")))
         return wanted
