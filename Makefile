@@ -3,6 +3,7 @@
 #   make test       install with the test extra and run the whole suite (and the sanitizer run)
 #   make test-asan  the kernel tests against an AddressSanitizer + UBSan build of the kernels
 #   make bench      benchmarks; results under bench/results/
+#   make protos     regenerate the committed gRPC stubs (client/poolclient/_proto) from protos/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,9 +12,9 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard kernels/*.c kernels/*.h kernels/*.inc)
 ASAN_LIB := build/asan/libpoolkernels.so
-CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined
+CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -DPOOL_NO_CLONES
 
-.PHONY: venv serve test test-py test-asan bench clean
+.PHONY: venv serve test test-py test-asan bench protos clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,8 @@ test-py: $(STAMP)
 
 # The same kernel sources, built with sanitizers, loaded in place of the installed library.
 # Python itself is not instrumented, so libasan is preloaded; leaks are CPython's, not ours.
+# POOL_NO_CLONES builds only the baseline-ISA code, so this run also covers the path that CPUs
+# without AVX2 take (the installed library picks the widest clone this CPU has).
 $(ASAN_LIB): $(wildcard kernels/*.c kernels/*.h kernels/*.inc)
 	mkdir -p $(dir $@)
 	gcc $(CFLAGS_ASAN) -shared -fPIC -Ikernels kernels/poolkernels.c -o $@ -lm
@@ -47,8 +50,14 @@ test-asan: $(STAMP) $(ASAN_LIB)
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PY) -m pytest -q -p no:cacheprovider -m kernels tests
 
+# 127.0.0.1:50051, metrics on 127.0.0.1:9464; SERVE_ARGS adds flags (see `poolserve serve --help`)
 serve: $(STAMP)
 	$(VENV)/bin/poolserve serve $(SERVE_ARGS)
+
+# The stubs are committed (the client must not need grpcio-tools); tests/test_protos.py fails
+# when they differ from what this generates.
+protos: $(STAMP)
+	$(PY) protos/generate.py
 
 bench: $(STAMP)
 	$(PIP) install -e '.[bench]'
