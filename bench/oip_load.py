@@ -202,6 +202,7 @@ def main() -> int:
         return 0
 
     shape = tuple(int(d) for d in args.shape.split(","))
+    load_before = os.getloadavg()  # other work on the machine: context for every figure
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     procs = []
     try:
@@ -232,7 +233,9 @@ def main() -> int:
             p.wait(30)
     doc = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
            "cpus": os.cpu_count(), "model": MODEL, "shape": list(shape), "dtype": "float32",
-           "seconds": args.seconds, "warmup": args.warmup, "rows": rows}
+           "seconds": args.seconds, "warmup": args.warmup,
+           "loadavg_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+           "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.out}")

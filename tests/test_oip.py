@@ -513,3 +513,22 @@ def test_yaml_repository_without_defaults(tmp_path):
 
         check_close(got, reference.forward(PoolSpec("lp", kernel_shape=(3, 3), p=3.0), x)[0], exact=False)
         c.close()
+
+
+# -- the README's example --------------------------------------------------------------------------
+def test_readme_example_runs(server):
+    import re
+    from pathlib import Path
+
+    from serving import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    body = text.split("## Open Inference Protocol (Triton / KServe v2)\n", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```python\n(.*?)```", body, re.S)[0].replace("127.0.0.1:50051", server.target)
+    scope: dict = {}
+    exec(compile(block, str(Path("README.md")), "exec"), scope)
+    y, idx = expected("maxpool_3x3_s2_p1", scope["x"], indices=True)
+    np.testing.assert_array_equal(scope["y"], y)
+    np.testing.assert_array_equal(scope["idx"], idx)
+    assert y.shape == (1, 64, 28, 28)
+    scope["client"].close()
