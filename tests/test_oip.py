@@ -489,6 +489,29 @@ def test_native_api_on_the_same_port(server, client):
         np.testing.assert_array_equal(native.max_pool(x, 2), via_oip)
 
 
+def test_oip_with_worker_processes():
+    """--workers 2: each worker serves the protocol; one channel keeps its shared memory usable."""
+    with ServerProcess("--workers", "2") as srv:
+        c = grpcclient.InferenceServerClient(srv.target)
+        x = random_input((1, 3, 8, 8), "FP32")
+        for _ in range(3):
+            np.testing.assert_array_equal(infer(c, "maxpool_2x2_s2", x, "FP32").as_numpy("output"),
+                                          expected("maxpool_2x2_s2", x)[0])
+        name = f"pooltest_{uuid.uuid4().hex[:8]}"
+        h = shm_util.create_shared_memory_region(name, "/" + name, x.nbytes)
+        try:
+            shm_util.set_shared_memory_region(h, [x])
+            c.register_system_shared_memory(name, "/" + name, x.nbytes)
+            inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_shared_memory(name, x.nbytes)
+            np.testing.assert_array_equal(c.infer("maxpool_2x2_s2", [inp]).as_numpy("output"),
+                                          expected("maxpool_2x2_s2", x)[0])
+            c.unregister_system_shared_memory(name)
+        finally:
+            shm_util.destroy_shared_memory_region(h)
+            c.close()
+
+
 # -- the repository file at start-up ---------------------------------------------------------------
 def test_bad_repository_file_stops_the_server(tmp_path):
     path = tmp_path / "bad.json"
