@@ -118,26 +118,27 @@ def test_an_unreachable_target_fails_fast_and_clearly():
 
 
 def test_open_loop_reports_a_stall_that_a_closed_loop_hides():
-    # Every second the server stops for 200 ms (a GC pause): calls arriving then wait it out.
+    # Every 2 s the server stops for 500 ms (a GC pause): calls arriving then wait it out.
     # Closed loop, one in flight: during a stall only the one call in flight waits, so ~1 slow
-    # call among ~1000 and the p99 stays fast; only its max shows the stall.  Open loop at
-    # 100/s: the ~20 calls scheduled inside each stall all wait, timed from their intended
-    # send, so ~15% of calls are slow and the p99 carries the stall.
-    with EchoServer(stall_every=1.0, stall_for=0.2, threads=32) as stalling:
+    # call among hundreds and the p99 stays fast; only its max shows the stall.  Open loop at
+    # 100/s: the ~50 calls scheduled inside each stall all wait, timed from their intended
+    # send, so ~20% of calls are slow and the p99 carries the stall.  The threshold, half the
+    # stall, is several times the p99 a loaded 2-core machine gives the closed loop here.
+    stall_ms = 500
+    with EchoServer(stall_every=2.0, stall_for=stall_ms / 1e3, threads=64) as stalling:
         payload = build_payload("raw", SMALL)
-        closed = run_step(stalling.target, payload, Load("closed", 1, duration=1.5, warmup=0.2, timeout=5.0))
+        closed = run_step(stalling.target, payload, Load("closed", 1, duration=2.5, warmup=0.2, timeout=5.0))
         opened = run_step(stalling.target, payload,
-                          Load("open", 100, arrivals="constant", duration=1.5, warmup=0.2, timeout=5.0))
+                          Load("open", 100, arrivals="constant", duration=2.5, warmup=0.2, timeout=5.0))
     for step in (closed, opened):
         assert_consistent(step)
         assert step["errors"] == {}
-    # a window of 1.5 s holds at least one whole 200 ms stall: both runs met it ...
-    assert closed["latency_ms"]["max"] >= 100
-    assert opened["latency_ms"]["max"] >= 100
+    # a 2.5 s window holds at least one whole stall: both runs met it ...
+    assert closed["latency_ms"]["max"] >= stall_ms / 2
+    assert opened["latency_ms"]["max"] >= stall_ms / 2
     # ... but only the open loop's tail says so
-    assert closed["latency_ms"]["p99"] < 100, closed["latency_ms"]
-    assert opened["latency_ms"]["p99"] >= 100, opened["latency_ms"]
-    assert opened["latency_ms"]["p99"] > 3 * closed["latency_ms"]["p99"]
+    assert closed["latency_ms"]["p99"] < stall_ms / 2, closed["latency_ms"]
+    assert opened["latency_ms"]["p99"] >= stall_ms / 2, opened["latency_ms"]
 
 
 def test_histograms_merge_exactly():
@@ -176,9 +177,11 @@ def test_scenario_files_and_named_shapes(tmp_path):
     assert scenario.load("resnet-stem").pads == (1, 1, 1, 1)
 
 
-def test_open_inference_protocol_is_a_clear_refusal_for_now():
-    with pytest.raises(NotImplementedError, match="Open Inference Protocol"):
-        build_payload("oip", SMALL)
+def test_open_inference_protocol_finds_the_model_or_says_to_name_one():
+    pytest.importorskip("poolserve.models")
+    assert build_payload("oip", SMALL).description.endswith("as model maxpool_2x2_s2")
+    with pytest.raises(ValueError, match="--model"):
+        build_payload("oip", SMALL.with_overrides(kernel_shape=(7, 5)))
 
 
 def _assert_png(path):
@@ -259,6 +262,23 @@ def test_real_server_answers_are_checked_against_the_reference(poolserver, api, 
     assert_consistent(step)
     assert step["errors"] == {} and step["ok"] > 0
     assert step["checks"]["enabled"] and step["checks"]["done"] == step["ok"]
+
+
+@pytest.mark.parametrize("api", ["oip", "oip-stream"])
+def test_real_server_open_inference_protocol(poolserver, api):
+    step = run_step(poolserver.target, build_payload(api, REAL.with_overrides(return_indices=True)),
+                    Load("closed", 2, check_every=1, **SHORT))
+    assert_consistent(step)
+    assert step["errors"] == {} and step["ok"] > 0 and step["checks"]["done"] == step["ok"]
+
+
+@pytest.mark.parametrize("api", ["oip", "oip-stream"])
+def test_open_inference_protocol_refusals_by_status(poolserver, api):
+    # ModelStreamInfer answers a failed request inside the stream and goes on: still counted
+    step = run_step(poolserver.target, build_payload(api, REAL.with_overrides(backend="no-such-backend")),
+                    Load("closed", 1, requests=20, warmup=0.0, timeout=5.0))
+    assert_consistent(step)
+    assert step["errors"] == {"INVALID_ARGUMENT": 20}
 
 
 def test_real_server_open_loop_sweep_with_echo_baseline(poolserver):

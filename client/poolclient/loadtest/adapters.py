@@ -6,8 +6,9 @@ call the method with no serializers, so they send these exact bytes and receive 
 bytes: the client spends nothing on protobuf per call, the same bytes go to the service and to
 the echo baseline, and only the sampled replies that get spot-checked are ever parsed.
 
-Adding an API (the Open Inference Protocol, shared memory) means adding a builder to BUILDERS
-that returns a Payload; the engine, reports and plots need no change.
+Adding an API means adding a builder to BUILDERS that returns a Payload; the engine, reports and
+plots need no change.  An API that reports failures inside a stream that stays open (the Open
+Inference Protocol's ModelStreamInfer) also names a `stream_status` function that reads them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Payload:
     checks_note: str = ""     # why spot checks are off, when they are
     metadata: tuple = ()
     description: str = ""
+    # streams whose failures arrive as messages: reply bytes -> (status, detail), or None if good
+    stream_status: object | None = None
 
     @property
     def request_bytes(self) -> int:
@@ -51,7 +54,7 @@ class Payload:
         if self.reply_bytes is not None:
             md = md + ((REPLY_BYTES_KEY, str(self.reply_bytes)),)
         return replace(self, metadata=md, checker=check, checks_note="echo: reply length only",
-                       description=f"echo baseline of {self.description}")
+                       description=f"echo baseline of {self.description}", stream_status=None)
 
 
 # -- checkers: picklable, parse only what they check ------------------------------------------
@@ -198,18 +201,144 @@ def _native(sc: Scenario, streaming: bool) -> Payload:
                    checker, note, (), sc.describe())
 
 
+# -- the Open Inference Protocol (KServe v2 / Triton) -------------------------------------------
+OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
+OIP_STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+# A serialized ModelStreamInferResponse that carries an error starts with field 1
+# (error_message, wire type 2): tag byte 0x0A.  A good one starts with field 2 (0x12).
+_STREAM_ERROR_TAG = 0x0A
+
+
+@dataclass(frozen=True)
+class OipCheck:
+    """Compare a ModelInferResponse's outputs with the reference."""
+
+    streaming: bool
+    expected: dict  # output name -> array
+    rtol: float
+    atol: float
+
+    def check(self, reply: bytes) -> str | None:
+        from .._proto.inference import grpc_service_pb2 as oip
+
+        try:
+            if self.streaming:
+                msg = oip.ModelStreamInferResponse.FromString(reply)
+                if msg.error_message:
+                    return f"stream error: {msg.error_message}"
+                msg = msg.infer_response
+            else:
+                msg = oip.ModelInferResponse.FromString(reply)
+            raw = dict(zip((o.name for o in msg.outputs), msg.raw_output_contents))
+            for o in msg.outputs:
+                if o.name in self.expected:
+                    want = self.expected[o.name]
+                    got = np.frombuffer(raw.get(o.name, b""), dtype=want.dtype)
+                    if got.size != math.prod(o.shape):
+                        return f"{o.name}: {len(raw.get(o.name, b''))} bytes for shape {list(o.shape)}"
+                    bad = _compare(o.name, got.reshape(tuple(o.shape)), want,
+                                   *((0.0, 0.0) if o.name == "indices" else (self.rtol, self.atol)))
+                    if bad:
+                        return bad
+            missing = set(self.expected) - {o.name for o in msg.outputs}
+            return f"outputs {sorted(missing)} missing from the reply" if missing else None
+        except Exception as e:
+            return f"reply does not decode: {e}"
+
+
+def oip_stream_status(reply: bytes):
+    """ModelStreamInfer reports a failed request inside the stream, which stays open: read the
+    status from the message ("INVALID_ARGUMENT: ...") without parsing the good ones."""
+    if not reply or reply[0] != _STREAM_ERROR_TAG:
+        return None
+    from .._proto.inference import grpc_service_pb2 as oip
+
+    text = oip.ModelStreamInferResponse.FromString(reply).error_message
+    code, sep, _ = text.partition(":")
+    return (code if sep and code.isupper() else "UNKNOWN"), text
+
+
+def _oip_model(sc: Scenario):
+    """(model name, its PoolSpec or None, note): the named model, or the default model that pools
+    the scenario's input the same way (same mode, layout, datatype and window geometry)."""
+    try:
+        from poolserve import models
+        from poolserve.spec import PoolSpec
+    except ImportError:
+        if not sc.model:
+            raise ValueError("--api oip: name the model with --model (poolserve, which knows the default "
+                             "models, is not installed here)") from None
+        return sc.model, None, "spot checks off: poolserve (which knows the models' specs) is not installed"
+    repo = models.load_repository(None)
+    if sc.model:
+        m = repo.get(sc.model)
+        if m is None:
+            return sc.model, None, f"spot checks off: {sc.model!r} is not a default model, its spec is unknown here"
+        return m.name, m, ""
+    want = PoolSpec(**{**sc.spec_fields(), "return_indices": False})
+    g = want.resolve(sc.shape)
+    for m in repo.values():
+        if (m.spec.mode, m.spec.layout, m.spec.p, m.spec.count_include_pad, m.dtype) != \
+                (want.mode, want.layout, want.p, want.count_include_pad, sc.dtype):
+            continue
+        try:
+            mg = m.spec.resolve(sc.shape)
+        except Exception:
+            continue
+        if (mg.kernel, mg.strides, mg.dilations, mg.pads_begin, mg.pads_end, mg.out_spatial) == \
+                (g.kernel, g.strides, g.dilations, g.pads_begin, g.pads_end, g.out_spatial):
+            return m.name, m, ""
+    raise ValueError(f"--api oip: no default model pools like {sc.describe()}; name one with --model "
+                     f"(the defaults: {', '.join(sorted(repo))})")
+
+
 def _oip(sc: Scenario, streaming: bool) -> Payload:
-    # Hook for the Open Inference Protocol (KServe v2: inference.GRPCInferenceService/ModelInfer and
-    # ModelStreamInfer, optionally with system shared memory): its servicer is another issue.  A
-    # builder here serializes a ModelInferRequest with raw_input_contents and checks the
-    # ModelInferResponse against the same reference; nothing else in the harness changes.
-    raise NotImplementedError("--api oip: the Open Inference Protocol servicer is not in this build yet")
+    from .._proto.inference import grpc_service_pb2 as oip
+
+    if sc.op != "pool":
+        raise ValueError("--api oip serves forward pooling only")
+    name, model, note = _oip_model(sc)
+    if model is not None and model.dtype != sc.dtype:
+        sc = sc.with_overrides(dtype=model.dtype)  # the model fixes the datatype
+    x = sc.make_input()
+    datatype = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int8": "INT8", "uint8": "UINT8"}[sc.dtype]
+    req = oip.ModelInferRequest(model_name=name)
+    req.inputs.add(name="input", datatype=datatype, shape=x.shape)
+    req.raw_input_contents.append(x.tobytes())
+    outputs = ["output"] + (["indices"] if sc.return_indices else [])
+    for o in outputs:
+        req.outputs.add(name=o)
+    if sc.backend:
+        req.parameters["backend"].string_param = sc.backend
+    if sc.provider:
+        req.parameters["provider"].string_param = sc.provider
+    checker = reply_bytes = None
+    if model is not None:
+        ref, ref_note = _reference(sc)
+        if ref is None:
+            note = ref_note
+        else:
+            reference, _ = ref
+            y, ind = reference.forward(model.spec.replace(return_indices=sc.return_indices), x)
+            expected = {"output": y, **({"indices": ind} if ind is not None else {})}
+            rtol, atol = _tolerance(sc.dtype, model.spec.mode, "pool")
+            checker = OipCheck(streaming, expected, rtol, atol)
+            reply = oip.ModelInferResponse(model_name=name, id="")
+            for o, a in expected.items():
+                reply.outputs.add(name=o, datatype="INT64" if o == "indices" else datatype, shape=a.shape)
+                reply.raw_output_contents.append(a.tobytes())
+            reply.parameters["backend"].string_param = sc.backend or "c"
+            reply_bytes = (oip.ModelStreamInferResponse(infer_response=reply) if streaming else reply).ByteSize()
+    return Payload("oip-stream" if streaming else "oip", OIP_STREAM if streaming else OIP_INFER, streaming,
+                   req.SerializeToString(), None, reply_bytes, checker, note, (),
+                   f"{sc.describe()} as model {name}", oip_stream_status if streaming else None)
 
 
 BUILDERS = {
     "native": lambda sc: _native(sc, False),
     "native-stream": lambda sc: _native(sc, True),
     "oip": lambda sc: _oip(sc, False),
+    "oip-stream": lambda sc: _oip(sc, True),
     "raw": lambda sc: _raw(sc, False),
     "raw-stream": lambda sc: _raw(sc, True),
 }

@@ -33,9 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--target", default=os.environ.get("POOLSERVE_TARGET", "127.0.0.1:50051"),
                    help="server host:port, or 'echo' for a private echo server (transport only) "
                         "[env POOLSERVE_TARGET; %(default)s]")
-    t.add_argument("--api", default="native", choices=["native", "native-stream", "oip", "raw", "raw-stream"],
-                   help="native: Pool (unary); native-stream: PoolStream; oip: Open Inference Protocol "
-                        "(not yet served); raw: the input bytes to an echo method (default %(default)s)")
+    t.add_argument("--api", default="native",
+                   choices=["native", "native-stream", "oip", "oip-stream", "raw", "raw-stream"],
+                   help="native: Pool (unary); native-stream: PoolStream; oip: the Open Inference Protocol's "
+                        "ModelInfer; oip-stream: ModelStreamInfer; raw: the input bytes to an echo method "
+                        "(default %(default)s)")
+    t.add_argument("--model", help="oip: the model to call (default: the default model that pools like the "
+                                   "scenario)")
     s = p.add_argument_group("what each request computes (a scenario, then overrides)")
     s.add_argument("--scenario", default="tiny",
                    help="tiny, resnet-stem, vgg-pool1, batch32, wide-overlap, video3d, or a JSON/TOML file "
@@ -99,7 +103,8 @@ def _scenario(args):
 
     sc = scenario.load(args.scenario)
     fields = ["op", "shape", "dtype", "layout", "mode", "kernel_shape", "strides", "pads", "dilations", "auto_pad",
-              "ceil_mode", "count_include_pad", "p", "return_indices", "global_pool", "backend", "provider", "seed"]
+              "ceil_mode", "count_include_pad", "p", "return_indices", "global_pool", "backend", "provider", "model",
+              "seed"]
     return sc.with_overrides(**{f: getattr(args, f) for f in fields})
 
 

@@ -195,6 +195,7 @@ class _StreamCaller:
         self.call_fn = channel.stream_stream(payload.method)
         self.first, self.next = payload.first, payload.next if payload.next is not None else payload.first
         self.metadata, self.timeout = payload.metadata or None, timeout
+        self.stream_status = payload.stream_status
         self.stream = None
         self.waiters: collections.deque = collections.deque()
         self.lock = asyncio.Lock()
@@ -213,7 +214,8 @@ class _StreamCaller:
                 if waiters:
                     fut = waiters.popleft()
                     if not fut.done():
-                        fut.set_result(("OK", reply, ""))
+                        failed = self.stream_status(reply) if self.stream_status else None
+                        fut.set_result((failed[0], None, failed[1]) if failed else ("OK", reply, ""))
         except self.grpc.aio.AioRpcError as e:
             status, detail = e.code().name, e.details() or ""
         except asyncio.CancelledError:

@@ -36,6 +36,7 @@ class Scenario:
     global_pool: bool = False
     backend: str = ""  # "c", "onnx"; empty: the server's policy
     provider: str = ""
+    model: str = ""  # --api oip: the model to call (empty: the default model that pools like this)
     seed: int = 0
 
     def __post_init__(self):
