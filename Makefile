@@ -23,7 +23,7 @@ $(VENV)/bin/python:
 # Editable install: the package build compiles the kernels into server/poolserve/ and imports
 # resolve there.  Reinstalled whenever the build inputs change.
 $(STAMP): $(VENV)/bin/python $(SOURCES)
-	$(PIP) install -e '.[server,test]'
+	$(PIP) install -e '.[server,test,loadtest]'
 	@# PyTorch is an optional cross-check.  The CPU build is pinned by its local version so that
 	@# pip takes it from a local wheel directory where one exists and never pulls a CUDA build.
 	$(PIP) install 'torch==2.13.0+cpu' 2>/dev/null || echo "note: torch 2.13.0+cpu not available here; torch cross-checks will skip"

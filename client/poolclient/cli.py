@@ -2,6 +2,7 @@
 
     poolclient pool input.npy --mode max -k 2 -s 2 -o out.npy
     poolclient info
+    poolclient loadtest --scenario resnet-stem --concurrency 1,2,4,8 --baseline echo
 """
 
 from __future__ import annotations
@@ -91,7 +92,20 @@ def _run_info(args) -> int:
     return 0
 
 
-COMMANDS = {"pool": (_add_pool, _run_pool), "info": (_add_info, _run_info)}
+def _add_loadtest(sub):
+    from .loadtest.cli import add_parser  # stdlib only: the loadtest extra is needed to run, not to parse
+
+    add_parser(sub)
+
+
+def _run_loadtest(args) -> int:
+    from .loadtest.cli import run
+
+    return run(args)
+
+
+COMMANDS = {"pool": (_add_pool, _run_pool), "info": (_add_info, _run_info),
+            "loadtest": (_add_loadtest, _run_loadtest)}
 
 
 def main(argv: list[str] | None = None) -> int:
