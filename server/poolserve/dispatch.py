@@ -127,7 +127,8 @@ class Dispatcher:
             return inst
 
     # -- choosing a backend ---------------------------------------------------------------------
-    def choose(self, spec: PoolSpec, dtype: str, backend: str = "", provider: str = "", op: str = "forward"):
+    def choose(self, spec: PoolSpec, dtype: str, backend: str = "", provider: str = "", op: str = "forward",
+               shape=None):
         """(backend instance, name, provider) for this request, or Unsupported saying why not.
 
         ``op`` "backward" asks a backend's ``supports_backward`` where it has one (a backend may
@@ -178,12 +179,20 @@ class Dispatcher:
         return g
 
     # -- the two operations -----------------------------------------------------------------------
+    def check_forward(self, spec: PoolSpec, shape, dtype: np.dtype, *, backend: str = "", provider: str = ""):
+        """Every check of a forward request that needs only its header (shape and dtype, not the
+        data), and the backend choice: (geometry, (instance, name, provider)).
+
+        forward() runs it first; PoolChunked also runs it before it receives any data, so a bad
+        request is refused before megabytes cross the wire, through this same code."""
+        self._check_elements("input.shape", shape)
+        g = self.resolve(spec, shape, dtype.name, "input")
+        per_element = dtype.itemsize + (8 if spec.return_indices else 0)
+        self._check_result_bytes("input.shape", shape, g.output_elements * per_element)
+        return g, self.choose(spec, dtype.name, backend, provider, shape=shape)
+
     def forward(self, spec: PoolSpec, x: np.ndarray, *, backend: str = "", provider: str = "") -> Result:
-        self._check_elements("input.shape", x.shape)
-        g = self.resolve(spec, x.shape, x.dtype.name, "input")
-        per_element = x.dtype.itemsize + (8 if spec.return_indices else 0)
-        self._check_result_bytes("input.shape", x.shape, g.output_elements * per_element)
-        inst, name, prov = self.choose(spec, x.dtype.name, backend, provider)
+        _, (inst, name, prov) = self.check_forward(spec, x.shape, x.dtype, backend=backend, provider=provider)
         y, ind = inst.forward(spec, x)
         return Result(y, ind, name, prov)
 

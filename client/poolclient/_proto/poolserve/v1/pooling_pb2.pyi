@@ -117,6 +117,22 @@ class PoolResponse(_message.Message):
     provider: str
     def __init__(self, output: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ..., backend: _Optional[str] = ..., provider: _Optional[str] = ...) -> None: ...
 
+class PoolChunkedRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PoolRequest
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[PoolRequest, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class PoolChunkedResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PoolResponse
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[PoolResponse, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
 class PoolBackwardRequest(_message.Message):
     __slots__ = ("spec", "input_shape", "grad_output", "indices", "input")
     SPEC_FIELD_NUMBER: _ClassVar[int]
