@@ -11,8 +11,8 @@ import numpy as np
 
 from ._proto.poolserve.v1 import pooling_pb2 as pb
 from .specs import Spec
-from .tensors import (array_chunks, from_header_and_bytes, from_tensor, join_chunks, nbytes_of, tensor_header,
-                      to_tensor)
+from .tensors import (array_chunks, fill_tensor, from_header_and_bytes, from_tensor, join_chunks, nbytes_of,
+                      tensor_header)
 
 SERVICE = "poolserve.v1.Pooling"
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -98,7 +98,8 @@ def rank_of(x: np.ndarray) -> int:
 
 def pool_request(x, spec, layout: str, with_spec: bool = True) -> pb.PoolRequest:
     x = np.asarray(x)
-    req = pb.PoolRequest(input=to_tensor(x, layout))
+    req = pb.PoolRequest()
+    fill_tensor(req.input, x, layout)  # in place: a built Tensor passed in would be copied again
     if with_spec:
         req.spec.CopyFrom(spec_proto(spec, rank_of(x)))
     return req
@@ -114,14 +115,14 @@ def pool_result(resp: pb.PoolResponse, return_indices: bool):
 def backward_request(grad_output, spec, layout: str, *, input_shape=None, indices=None,
                      input=None) -> pb.PoolBackwardRequest:
     grad_output = np.asarray(grad_output)
-    req = pb.PoolBackwardRequest(spec=spec_proto(spec, rank_of(grad_output)),
-                                 grad_output=to_tensor(grad_output, layout))
+    req = pb.PoolBackwardRequest(spec=spec_proto(spec, rank_of(grad_output)))
+    fill_tensor(req.grad_output, grad_output, layout)  # in place, as in pool_request
     if input_shape is not None:
         req.input_shape.extend(int(d) for d in input_shape)
     if indices is not None:
-        req.indices.CopyFrom(to_tensor(np.asarray(indices), layout))
+        fill_tensor(req.indices, np.asarray(indices), layout)
     if input is not None:
-        req.input.CopyFrom(to_tensor(np.asarray(input), layout))
+        fill_tensor(req.input, np.asarray(input), layout)
     return req
 
 

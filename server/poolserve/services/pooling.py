@@ -16,10 +16,10 @@ from poolclient.tensors import DTYPE_BY_NUMPY
 from .. import __version__
 from ..dispatch import Dispatcher
 from ..spec import DTYPES_BY_MODE, MAX_SPATIAL_RANK, SpecError
-from .convert import ENUM_BY_MODE, from_tensor, layout_of, spec_from_proto, to_tensor
+from .convert import ENUM_BY_MODE, from_tensor, layout_of, spec_from_proto
 from .scope import Scope
 
-from poolclient.tensors import array_chunks, check_header, tensor_header, TensorError
+from poolclient.tensors import TensorError, array_chunks, check_header, fill_tensor, tensor_header
 from ..errors import LimitExceeded
 
 # PoolChunked answers in pieces of this size: big enough that the per-message cost is small, small
@@ -59,9 +59,10 @@ class PoolingServicer(pb_grpc.PoolingServicer):
         scope.shape = x.shape
         scope.check_deadline()
         r = self.dispatcher.forward(spec, x, backend=backend, provider=provider)
-        out = pb.PoolResponse(output=to_tensor(r.output, spec.layout), backend=r.backend, provider=r.provider)
+        out = pb.PoolResponse(backend=r.backend, provider=r.provider)
+        fill_tensor(out.output, r.output, spec.layout)  # in place: no second copy of the data
         if r.indices is not None:
-            out.indices.CopyFrom(to_tensor(r.indices, spec.layout))
+            fill_tensor(out.indices, r.indices, spec.layout)
         nbytes_out = r.output.nbytes + (r.indices.nbytes if r.indices is not None else 0)
         return out, x.nbytes, nbytes_out, spec.mode, r.backend
 
@@ -182,8 +183,9 @@ class PoolingServicer(pb_grpc.PoolingServicer):
             r = self.dispatcher.backward(spec, tuple(request.input_shape), dy, x=x, indices=ind,
                                          backend=request.spec.backend, provider=request.spec.provider)
             s.backend, s.bytes_out = r.backend, r.output.nbytes
-            return pb.PoolBackwardResponse(grad_input=to_tensor(r.output, layout), backend=r.backend,
-                                           provider=r.provider)
+            out = pb.PoolBackwardResponse(backend=r.backend, provider=r.provider)
+            fill_tensor(out.grad_input, r.output, layout)
+            return out
 
     def GetServerInfo(self, request, context):
         with Scope("GetServerInfo", context):
