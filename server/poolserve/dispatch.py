@@ -6,8 +6,10 @@ the servicers knows a backend.  Every check that depends on the request happens 
 a backend is called: shapes against the spec, element limits, backward's indices.
 
 Backends plug in by name through :mod:`poolserve.backends`' registry.  A request names one
-(``backend="c"``) or leaves it to the policy: ``auto`` takes the first backend in registry order
-that is available and runs the spec and dtype; a backend name makes that one the default.  A
+(``backend="c"``) or leaves it to the policy: ``auto`` takes the backend that measured fastest
+for the request's spec class, dtype and input size (:mod:`poolserve.policy`'s table) when it is
+available and runs the request, else the first in registry order that does; a backend name
+makes that one the default.  A
 backend or provider that was asked for and is not available is Unsupported (FAILED_PRECONDITION),
 never silently replaced.
 """
@@ -24,6 +26,7 @@ import numpy as np
 from . import backends
 from .backends.base import Unsupported
 from .errors import LimitExceeded
+from .policy import PolicyTable
 from .spec import FLOAT_DTYPES, INDEX_DTYPE, Geometry, PoolSpec, SpecError
 
 DEFAULT_MAX_ELEMENTS = 1 << 28  # 256 Mi elements: a 256 MiB int8 or a 1 GiB float32 tensor
@@ -80,10 +83,11 @@ def _qualify(e: SpecError, tensor_field: str) -> SpecError:
 class Dispatcher:
     def __init__(self, *, default_backend: str = "auto", kernel_threads: int | None = None,
                  onnx_threads: int | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS,
-                 max_result_bytes: int | None = None):
+                 max_result_bytes: int | None = None, policy: PolicyTable | None = None):
         """max_result_bytes: refuse, before computing, a result that could not be sent back
         (the transport's message limit).  Without it a small backward request could make the
         server allocate a gradient of up to max_elements float64s."""
+        self.policy = policy if policy is not None else PolicyTable()
         self.max_elements = int(max_elements)
         self.max_result_bytes = max_result_bytes
         self.kernel_threads = kernel_threads or os.cpu_count() or 1
@@ -139,6 +143,11 @@ class Dispatcher:
             raise SpecError("spec.backend", backend, f"unknown backend; known: {', '.join(self.slots)}")
         explicit = backend or (self.default_backend if self.default_backend != "auto" else "")
         names = [explicit] if explicit else list(self.slots)
+        if not explicit and shape is not None:
+            # auto: the table's pick first, then the rest in registry order
+            best = self.policy.preferred(spec, dtype, math.prod(shape) * np.dtype(dtype).itemsize)
+            if best in self.slots:
+                names = [best] + [n for n in names if n != best]
         reasons = []
         for name in names:
             slot = self.slots[name]
@@ -244,7 +253,8 @@ class Dispatcher:
                 if hasattr(slot.cls, "isa"):
                     entry["isa"] = slot.cls.isa()
             out.append(entry)
-        return {"default_backend": self.default_backend, "backends": out, "max_elements": self.max_elements}
+        return {"default_backend": self.default_backend, "backends": out, "max_elements": self.max_elements,
+                "policy": self.policy.describe(), "policy_source": self.policy.source}
 
 
 def _check_indices(g: Geometry, indices: np.ndarray) -> None:

@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
           "seconds before the server asks a client to reconnect (GOAWAY), so clients re-resolve and "
           "reach new pods behind a headless Service (0: never)")
     _flag(parser, "default-backend", "auto", help_text="backend for requests that name none: auto, c or onnx")
+    _flag(parser, "backend-policy", "", str,
+          "auto's table (JSON from bench/backend_policy.py); default: the one shipped in the package")
     _flag(parser, "model-repository", None,
           help_text="JSON or YAML file of Open Inference Protocol models to serve beside the defaults "
                     "(see poolserve/models.py)")
@@ -127,6 +129,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     from poolclient._proto.poolserve.v1 import pooling_pb2_grpc
 
     from .dispatch import Dispatcher
+    from .policy import PolicyTable
     from .models import RepositoryError, load_repository
     from .services.inference import SERVICE_NAME as INFERENCE_SERVICE_NAME
     from .services.inference import InferenceServicer
@@ -136,7 +139,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
 
     try:
         dispatcher = Dispatcher(default_backend=args.default_backend, kernel_threads=args.kernel_threads,
-                                max_elements=args.max_elements,
+                                max_elements=args.max_elements, policy=PolicyTable.load(args.backend_policy),
                                 max_result_bytes=args.max_message_bytes - 64 * 1024)  # room for the rest
     except ValueError as e:
         log.error("cannot start", extra={"fields": {"error": str(e)}})

@@ -199,4 +199,9 @@ class PoolingServicer(pb_grpc.PoolingServicer):
                         for m, ts in DTYPES_BY_MODE.items()],
                 limits=pb.Limits(max_message_bytes=f.max_message_bytes, max_elements=d["max_elements"],
                                  max_concurrent_rpcs=f.max_concurrent_rpcs, max_spatial_rank=MAX_SPATIAL_RANK),
-                worker_threads=f.worker_threads, cpu_count=os.cpu_count() or 0)
+                worker_threads=f.worker_threads, cpu_count=os.cpu_count() or 0,
+                policy=[pb.PolicyEntry(mode=ENUM_BY_MODE[e["mode"]], window=e["window"],
+                                       dtype=DTYPE_BY_NUMPY[e["dtype"]], min_bytes=e["min_bytes"],
+                                       max_bytes=e["max_bytes"], backend=e["backend"], micros=e["micros"])
+                        for e in d["policy"] if e["mode"] in ENUM_BY_MODE and e["dtype"] in DTYPE_BY_NUMPY],
+                policy_source=d["policy_source"])
