@@ -1,0 +1,55 @@
+"""What the ONNX backend can run: the one list of ONNX Runtime gaps, found by trying.
+
+Two kinds of refusal, each with the reason a caller sees (FAILED_PRECONDITION):
+
+* kernel gaps: ONNX Runtime's CPU provider has no kernel for the operator in that dtype
+  (onnxruntime 1.32 on x86-64; `tests/test_onnx_backend.py::test_kernel_gaps_are_real` checks
+  that each listed gap still fails, so the list cannot go stale silently);
+* spec gaps: ONNX has no way to express the spec's answer (a global max with indices).
+
+Anything else that ONNX Runtime refuses when the session is built also becomes Unsupported
+(see sessions.SessionCache), so an unlisted gap is still reported as one.
+"""
+
+from __future__ import annotations
+
+from ...spec import DTYPES_BY_MODE, PoolSpec
+from .graphs import GLOBAL_OP_NAMES, OP_NAMES, compute_dtype
+
+# (operator, dtype) pairs ONNX Runtime's CPU provider has no kernel for, among the dtypes the
+# spec allows for the operator's mode.  float16 average / Lp pooling run in float32 inside the
+# graph (graphs.compute_dtype), so only float64 and the global operators are missing.
+KERNEL_GAPS = {
+    ("AveragePool", "float64"), ("LpPool", "float64"),
+    ("GlobalAveragePool", "float64"),
+    ("GlobalMaxPool", "float64"), ("GlobalMaxPool", "int8"), ("GlobalMaxPool", "uint8"),
+    ("GlobalLpPool", "float32"), ("GlobalLpPool", "float64"), ("GlobalLpPool", "float16"),
+}
+
+
+def operator(spec: PoolSpec) -> str:
+    return (GLOBAL_OP_NAMES if spec.global_pool else OP_NAMES)[spec.mode]
+
+
+def forward_gap(spec: PoolSpec, dtype: str) -> str | None:
+    """None when the forward graph of (spec, dtype) runs; otherwise why not."""
+    if dtype not in DTYPES_BY_MODE[spec.mode]:
+        return f"{spec.mode} pooling takes {', '.join(DTYPES_BY_MODE[spec.mode])}, not {dtype}"
+    op = operator(spec)
+    cdt = compute_dtype(spec.mode, dtype)
+    if (op, cdt) in KERNEL_GAPS:
+        return f"ONNX Runtime's CPU provider has no {op} kernel for {cdt}; the c backend runs it"
+    if spec.global_pool and spec.mode == "max" and spec.return_indices:
+        return "GlobalMaxPool has no Indices output; the c backend returns global max indices"
+    return None
+
+
+def backward_gap(spec: PoolSpec, dtype: str) -> str | None:
+    """None when the backward graph of (spec, dtype) runs (given what it needs); else why not.
+
+    max backward only scatters (any float dtype); avg and lp backward evaluate the forward
+    operator (the divisor, the norm) and share its gaps.
+    """
+    if spec.mode == "max":
+        return None
+    return forward_gap(spec.replace(return_indices=False), dtype)
