@@ -41,6 +41,24 @@ def forward_gap(spec: PoolSpec, dtype: str) -> str | None:
         return f"ONNX Runtime's CPU provider has no {op} kernel for {cdt}; the c backend runs it"
     if spec.global_pool and spec.mode == "max" and spec.return_indices:
         return "GlobalMaxPool has no Indices output; the c backend returns global max indices"
+    return deviation(spec)
+
+
+def deviation(spec: PoolSpec) -> str | None:
+    """Specs where ONNX Runtime's answer differs from the spec's and no graph-side fix exists."""
+    if spec.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # ORT computes the SAME padding as (out-1)*stride + k - in: with the undilated kernel
+        # (k=2, d=2, stride 1, in=2 gives 1 output instead of ceil(2/1) = 2), and without
+        # clamping at 0 (k=1, stride 3, in=9 pads by -1 on each side and shifts every window
+        # one to the right).  The pads depend on the input size, so the graph cannot carry
+        # explicit ones instead.
+        if any(d > 1 for d in spec.dilations):
+            return (f"auto_pad={spec.auto_pad} with dilations {spec.dilations}: ONNX Runtime sizes the padding "
+                    "without the dilation and returns fewer outputs than ceil(in/stride); the c backend runs it")
+        strides = spec.strides or spec.kernel_shape
+        if any(s > k for s, k in zip(strides, spec.kernel_shape)):
+            return (f"auto_pad={spec.auto_pad} with strides {strides} larger than the kernel {spec.kernel_shape}: "
+                    "ONNX Runtime pads by a negative amount and shifts the windows; the c backend runs it")
     return None
 
 
