@@ -50,14 +50,14 @@ def check_forward(spec, x):
     return True
 
 
-@examples(300)
+@examples(600)
 @given(data=st.data(), case=specs())
 def test_forward_three_way(data, case):
     spec, shape, dtype = case
     check_forward(spec, data.draw(arrays(shape, dtype)))
 
 
-@examples(150)
+@examples(300)
 @given(data=st.data(), case=specs(dtypes=("float32", "float64", "float16")))
 def test_backward_three_way(data, case):
     spec, shape, dtype = case

@@ -75,7 +75,7 @@ class OnnxBackend:
     # -- sessions ----------------------------------------------------------------------------
     def session(self, key: GraphKey):
         """The cached InferenceSession for a graph (built or loaded on first use)."""
-        return self._cache.get(key.name, lambda: self._model_bytes(key))
+        return self._cache.get(key, lambda: key.name, lambda: self._model_bytes(key))
 
     def _model_bytes(self, key: GraphKey) -> bytes:
         if self.model_dir is not None:

@@ -52,7 +52,7 @@ def deviation(spec: PoolSpec) -> str | None:
         # clamping at 0 (k=1, stride 3, in=9 pads by -1 on each side and shifts every window
         # one to the right).  The pads depend on the input size, so the graph cannot carry
         # explicit ones instead.
-        if any(d > 1 for d in spec.dilations):
+        if any(d > 1 and k > 1 for d, k in zip(spec.dilations, spec.kernel_shape)):
             return (f"auto_pad={spec.auto_pad} with dilations {spec.dilations}: ONNX Runtime sizes the padding "
                     "without the dilation and returns fewer outputs than ceil(in/stride); the c backend runs it")
         strides = spec.strides or spec.kernel_shape

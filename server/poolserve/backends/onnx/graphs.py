@@ -87,7 +87,7 @@ class GraphKey:
         if s.count_include_pad:
             parts.append("inclpad")
         if s.mode == "lp":
-            parts.append(f"p{s.p:g}".replace(".", "_"))
+            parts.append(f"norm{s.p:g}".replace(".", "_"))
         if s.return_indices and self.kind == "forward":
             parts.append("indices")
         parts.append(self.kind)

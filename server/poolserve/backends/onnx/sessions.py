@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import onnxruntime as ort
 
@@ -47,7 +47,8 @@ def resolve_providers(providers: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 class SessionCache:
-    """LRU of InferenceSessions keyed by graph name and providers."""
+    """LRU of InferenceSessions for one provider list, keyed by graph key (hashable; its
+    readable name is only built when a session is created -- it costs more than the lookup)."""
 
     def __init__(self, providers: tuple[str, ...], threads: int, capacity: int = 64):
         if capacity < 1:
@@ -60,23 +61,23 @@ class SessionCache:
         self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._options.log_severity_level = 3  # errors only: unsupported graphs are reported by us
-        self._sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
+        self._sessions: OrderedDict[Hashable, ort.InferenceSession] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def get(self, name: str, model_bytes: Callable[[], bytes]) -> ort.InferenceSession:
+    def get(self, key: Hashable, name: Callable[[], str], model_bytes: Callable[[], bytes]) -> ort.InferenceSession:
         with self._lock:
-            session = self._sessions.get(name)
+            session = self._sessions.get(key)
             if session is not None:
-                self._sessions.move_to_end(name)
+                self._sessions.move_to_end(key)
                 return session
         # built outside the lock: two threads may race to build the same session, and one wins
-        session = self._create(name, model_bytes())
+        session = self._create(name(), model_bytes())
         with self._lock:
-            session = self._sessions.setdefault(name, session)
-            self._sessions.move_to_end(name)
+            session = self._sessions.setdefault(key, session)
+            self._sessions.move_to_end(key)
             while len(self._sessions) > self.capacity:
                 self._sessions.popitem(last=False)
         return session
