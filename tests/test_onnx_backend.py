@@ -3,6 +3,8 @@ exactly for max values and indices, within tests/strategies.py's summation-order
 avg, lp and every backward.  Cases the backend refuses must be refused by supports() first and
 then raise Unsupported -- never a wrong answer."""
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -82,3 +84,178 @@ def test_backward_three_way(data, case):
         dx = backend.backward(spec, shape, dy, **kw)
         assert dx.shape == shape and dx.dtype == dy.dtype
         assert_close(dx, dxr, dtype, window_size(spec, shape), scale=scale)
+
+
+# -- exported files -------------------------------------------------------------------------------
+
+EXPORT_SPECS = [
+    PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), return_indices=True),
+    PoolSpec("max", (2,), layout="channels_last", return_indices=True, dilations=(2,), ceil_mode=True),
+    PoolSpec("max", (2, 2, 2)),
+    PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 0, 1, 1), count_include_pad=True, ceil_mode=True),
+    PoolSpec("avg", (2, 2), layout="channels_last", auto_pad="SAME_UPPER"),
+    PoolSpec("lp", (2, 3), p=1.5, pads=(0, 1, 1, 0)),
+    PoolSpec("avg", global_pool=True, layout="channels_last"),
+    PoolSpec("max", global_pool=True),
+]
+
+
+def _feeds_and_expected(entry, rng):
+    """Inputs for an exported graph (by index.json's entry) and the reference's answer."""
+    spec, dtype, rank = PoolSpec(**entry["spec"]), entry["dtype"], entry["rank"]
+    spatial = (7, 6, 5)[:rank] if rank < 3 else (5, 4, 6)
+    shape = (2, 3, *spatial) if spec.layout == "channels_first" else (2, *spatial, 3)
+    x = rng.integers(-3, 4, size=shape).astype(dtype)  # ties everywhere
+    if entry["kind"] == "forward":
+        return {"X": x}, reference.forward(spec, x)
+    g = spec.resolve(shape)
+    dy = rng.uniform(-1, 1, size=g.output_shape).astype(dtype)
+    available = {"dY": dy, "X": x, "input_shape": np.asarray(shape, np.int64),
+                 "pads_begin": np.asarray(g.pads_begin, np.int64)}
+    if spec.mode == "max":
+        available["Indices"] = reference.forward(spec.replace(return_indices=True), x)[1]
+        expected = reference.backward(spec, shape, dy, indices=available["Indices"])
+    else:
+        expected = reference.backward(spec, shape, dy, x=x)
+    return {name: available[name] for name in entry["inputs"]}, (expected,)
+
+
+def test_exported_files_load_in_a_fresh_session_and_match(tmp_path):
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    from poolserve.export import export_models
+
+    written, skipped = export_models(tmp_path, EXPORT_SPECS, dtypes=("float32", "float16", "int8"),
+                                     global_ranks=(1, 2))
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert sorted(p.name for p in written) == sorted(e["file"] for e in index.values())
+    assert all("c backend" in line for line in skipped)  # each skip says why and who can
+    kinds = {(e["kind"], e["spec"]["mode"]) for e in index.values()}
+    assert kinds == {(k, m) for k in ("forward", "backward") for m in ("max", "avg", "lp")}
+    rng = np.random.default_rng(7)
+    for name, entry in index.items():
+        path = tmp_path / entry["file"]
+        assert path.stem == name
+        model = onnx.load(path)
+        onnx.checker.check_model(model, full_check=True)
+        assert "PoolSpec(" in model.doc_string and model.graph.doc_string
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # no options: as a user would
+        feeds, expected = _feeds_and_expected(entry, rng)
+        got = session.run(entry["outputs"], feeds)
+        spec, dtype = PoolSpec(**entry["spec"]), entry["dtype"]
+        if entry["kind"] == "forward":
+            agree(spec, (got[0], got[1] if len(got) > 1 else None), expected, dtype, feeds["X"].shape)
+        else:
+            scale = 1.0 if spec.mode != "lp" else 4.0
+            assert_close(got[0], expected[0], dtype, window_size(spec, got[0].shape), scale=scale)
+
+
+def test_backend_serves_an_exported_directory(tmp_path):
+    from poolserve.export import export_models
+
+    spec = EXPORT_SPECS[0]
+    export_models(tmp_path, [spec], backward=False)
+    served = OnnxBackend(threads=1, model_dir=tmp_path, build_missing=False)
+    x = np.random.default_rng(3).standard_normal((1, 2, 9, 9)).astype(np.float32)
+    assert served.supports(spec, "float32") is None
+    agree(spec, served.forward(spec, x), reference.forward(spec, x), "float32", x.shape)
+    other = spec.replace(strides=(1, 1))
+    assert "does not exist" in served.supports(other, "float32")
+    with pytest.raises(Unsupported, match="export-onnx"):
+        served.forward(other, x)
+
+
+def test_export_command(tmp_path, capsys):
+    from poolserve.app import main
+
+    assert main(["export-onnx", "--out", str(tmp_path), "--spec", '{"mode": "lp", "global_pool": true}',
+                 "--spec", '{"mode": "avg", "kernel_shape": [3]}', "--no-backward"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped lppool_2d_float32_nchw_global" in out and "GlobalLpPool" in out
+    assert [p.name for p in tmp_path.glob("*.onnx")] == ["avgpool_1d_float32_nchw_k3_s3_forward.onnx"]
+
+
+# -- sessions, providers ----------------------------------------------------------------------------
+
+def test_one_session_serves_every_shape_and_the_cache_is_bounded():
+    b = OnnxBackend(threads=1, cache_size=2)
+    spec = PoolSpec("avg", (2, 2), pads=(1, 1, 0, 0))
+    rng = np.random.default_rng(5)
+    for shape in [(1, 1, 4, 4), (3, 5, 17, 9), (2, 1, 2, 30)]:  # symbolic N, C and spatial dims
+        x = rng.standard_normal(shape).astype(np.float32)
+        agree(spec, b.forward(spec, x), reference.forward(spec, x), "float32", shape)
+    assert len(b._cache) == 1
+    for k in (3, 4):
+        b.forward(PoolSpec("avg", (k, k)), rng.standard_normal((1, 1, 8, 8)).astype(np.float32))
+    assert len(b._cache) == 2
+
+
+def test_threads_share_sessions():
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), return_indices=True)
+    xs = [np.random.default_rng(i).standard_normal((2, 4, 23, 19)).astype(np.float32) for i in range(16)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda x: ONNX.forward(spec, x), xs))
+    for x, got in zip(xs, results):
+        agree(spec, got, reference.forward(spec, x), "float32", x.shape)
+
+
+def test_unavailable_provider_is_refused_with_the_available_list():
+    from poolserve.backends.onnx import sessions
+
+    have = OnnxBackend.available_providers()
+    assert "CPUExecutionProvider" in have
+    missing = [p for p in ("CUDAExecutionProvider", "NoSuchExecutionProvider") if p not in have]
+    for name in missing:
+        with pytest.raises(Unsupported, match="available: .*CPUExecutionProvider"):
+            OnnxBackend(providers=name)
+    assert sessions.resolve_providers("cpu") == ("CPUExecutionProvider",)
+
+
+def test_errors_name_the_field():
+    from poolserve.spec import SpecError
+
+    spec = PoolSpec("max", (2, 2))
+    with pytest.raises(SpecError, match="shape"):
+        ONNX.forward(spec, np.zeros((1, 1, 4), np.float32))  # INVALID_ARGUMENT before any refusal
+    with pytest.raises(Unsupported, match="c backend"):
+        ONNX.forward(PoolSpec("avg", (2, 2)), np.zeros((1, 1, 4, 4), np.float64))
+    with pytest.raises(SpecError, match="indices"):
+        ONNX.backward(spec, (1, 1, 4, 4), np.ones((1, 1, 2, 2), np.float32),
+                      indices=np.full((1, 1, 2, 2), 16, np.int64))
+
+
+def _cuda_reason():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "CUDAExecutionProvider not in this onnxruntime build (install poolserve[gpu], onnxruntime-gpu)"
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi") or subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode:
+        return "onnxruntime-gpu is installed but no NVIDIA GPU is visible (nvidia-smi -L fails)"
+    return None
+
+
+@functools.cache
+def _cuda_backend():
+    return OnnxBackend(providers="cuda")
+
+
+@pytest.mark.skipif(_cuda_reason() is not None, reason=str(_cuda_reason()))
+@examples(100)
+@given(data=st.data(), case=specs(dtypes=("float32", "float16")))
+def test_cuda_forward_matches_reference(data, case):
+    spec, shape, dtype = case
+    cuda = _cuda_backend()
+    x = data.draw(arrays(shape, dtype))
+    if cuda.supports(spec, dtype) is not None:
+        with pytest.raises(Unsupported):
+            cuda.forward(spec, x)
+        return
+    agree(spec, cuda.forward(spec, x), reference.forward(spec, x), dtype, shape)
