@@ -259,3 +259,60 @@ def test_cuda_forward_matches_reference(data, case):
             cuda.forward(spec, x)
         return
     agree(spec, cuda.forward(spec, x), reference.forward(spec, x), dtype, shape)
+
+
+# -- the refusals are real: each documented gap and deviation, shown on ONNX Runtime itself --------
+
+def _single_node_session(op, dtype, rank=2, **attrs):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    from poolserve.backends.onnx.graphs import IR_VERSION, OPSET
+
+    t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    dims = ["N", "C"] + [f"D{i}" for i in range(rank)]
+    graph = helper.make_graph([helper.make_node(op, ["X"], ["Y"], **attrs)], "probe",
+                              [helper.make_tensor_value_info("X", t, dims)], [helper.make_tensor_value_info("Y", t, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("op,dtype", sorted(__import__("poolserve.backends.onnx.capabilities",
+                                                       fromlist=["KERNEL_GAPS"]).KERNEL_GAPS))
+def test_kernel_gaps_are_real(op, dtype):
+    attrs = {"kernel_shape": [2, 2]} if not op.startswith("Global") else {}
+    with pytest.raises(Exception, match="NOT_IMPLEMENTED|INVALID_GRAPH|Could not find|Type Error"):
+        s = _single_node_session(op, dtype, **attrs)
+        s.run(None, {"X": np.ones((1, 1, 4, 4), dtype)})
+
+
+def test_ort_maxpool_ignores_nan_and_misses_all_neg_inf_windows():
+    """Why float max graphs carry the class-tensor correction (graphs._max_special_values)."""
+    x = np.array([[[1, np.nan, -np.inf, -np.inf, np.nan, np.nan]]], np.float32)
+    spec = PoolSpec("max", (2,))
+    raw = _single_node_session("MaxPool", "float32", rank=1, kernel_shape=[2], strides=[2]).run(None, {"X": x})[0]
+    expected, _ = reference.forward(spec, x)
+    assert not np.isnan(raw[0, 0, 0]) and raw[0, 0, 1] == np.finfo(np.float32).min  # ORT: 1, -FLT_MAX
+    np.testing.assert_array_equal(expected, [[[np.nan, -np.inf, np.nan]]])
+    agree(spec, ONNX.forward(spec, x), (expected, None), "float32", x.shape)
+
+
+@pytest.mark.parametrize("spec,shape", [
+    (PoolSpec("avg", (2,), strides=(1,), dilations=(2,), auto_pad="SAME_UPPER"), (1, 1, 5)),
+    (PoolSpec("avg", (1,), strides=(3,), auto_pad="SAME_UPPER"), (1, 1, 9)),
+    (PoolSpec("max", (1,), strides=(5,), auto_pad="SAME_LOWER"), (1, 1, 5)),
+])
+def test_ort_same_padding_deviations_are_real(spec, shape):
+    """ORT sizes SAME padding with the undilated kernel and without clamping at zero; the
+    backend refuses these specs, and the unrefused graph shows why."""
+    from poolserve.backends.onnx import graph_key, graphs
+
+    assert "ONNX Runtime" in ONNX.supports(spec, "float32")
+    x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    expected, _ = reference.forward(spec, x)
+    key = graph_key("forward", spec, "float32")
+    raw = ONNX._cache._create(key.name, graphs.build(key).SerializeToString()).run(None, {"X": x})[0]
+    assert raw.shape != expected.shape or not np.array_equal(raw, expected)
+    np.testing.assert_array_equal(C.forward(spec, x)[0], expected)  # the c backend runs it

@@ -13,11 +13,13 @@ Anything else that ONNX Runtime refuses when the session is built also becomes U
 
 from __future__ import annotations
 
-from ...spec import DTYPES_BY_MODE, PoolSpec
-from .graphs import GLOBAL_OP_NAMES, OP_NAMES, compute_dtype
+import onnx
 
-# (operator, dtype) pairs ONNX Runtime's CPU provider has no kernel for, among the dtypes the
-# spec allows for the operator's mode.  float16 average / Lp pooling run in float32 inside the
+from ...spec import DTYPES_BY_MODE, PoolSpec
+from .graphs import GLOBAL_OP_NAMES, OP_NAMES, OPSET, compute_dtype
+
+# (operator, dtype) pairs ONNX Runtime's CPU provider has no kernel for (or that ONNX itself does
+# not define: GlobalMaxPool takes no integers), among the dtypes the spec allows for the mode.  float16 average / Lp pooling run in float32 inside the
 # graph (graphs.compute_dtype), so only float64 and the global operators are missing.
 KERNEL_GAPS = {
     ("AveragePool", "float64"), ("LpPool", "float64"),
@@ -25,6 +27,12 @@ KERNEL_GAPS = {
     ("GlobalMaxPool", "float64"), ("GlobalMaxPool", "int8"), ("GlobalMaxPool", "uint8"),
     ("GlobalLpPool", "float32"), ("GlobalLpPool", "float64"), ("GlobalLpPool", "float16"),
 }
+
+
+def onnx_takes(op: str, dtype: str) -> bool:
+    """Whether the ONNX operator's schema allows the dtype at all (else no runtime can run it)."""
+    allowed = onnx.defs.get_schema(op, OPSET).type_constraints[0].allowed_type_strs
+    return f"tensor({'float' if dtype == 'float32' else dtype})" in allowed
 
 
 def operator(spec: PoolSpec) -> str:
@@ -38,6 +46,8 @@ def forward_gap(spec: PoolSpec, dtype: str) -> str | None:
     op = operator(spec)
     cdt = compute_dtype(spec.mode, dtype)
     if (op, cdt) in KERNEL_GAPS:
+        if not onnx_takes(op, cdt):
+            return f"ONNX's {op} (opset {OPSET}) does not take {cdt}; the c backend runs it"
         return f"ONNX Runtime's CPU provider has no {op} kernel for {cdt}; the c backend runs it"
     if spec.global_pool and spec.mode == "max" and spec.return_indices:
         return "GlobalMaxPool has no Indices output; the c backend returns global max indices"
