@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ...spec import FLOAT_DTYPES, INDEX_DTYPE, PoolSpec, SpecError
-from ..base import Unsupported
+from ..base import BackendError, Unsupported
 from . import capabilities, graphs, sessions
 from .graphs import GraphKey, graph_key
 
@@ -27,6 +27,13 @@ def _native_contiguous(a: np.ndarray) -> np.ndarray:
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
     return np.ascontiguousarray(a)
+
+
+def _run(session, outputs, feeds):
+    try:
+        return session.run(outputs, feeds)
+    except Exception as e:  # ORT raises its own exception types; the service maps BackendError
+        raise BackendError(f"ONNX Runtime failed: {str(e).splitlines()[0]}") from e
 
 
 class OnnxBackend:
@@ -96,9 +103,9 @@ class OnnxBackend:
             raise Unsupported(reason)
         session = self.session(graph_key("forward", spec, dtype, g.rank))
         if spec.return_indices:
-            y, ind = session.run(("Y", "Indices"), {"X": x})
+            y, ind = _run(session, ("Y", "Indices"), {"X": x})
             return y, ind
-        (y,) = session.run(("Y",), {"X": x})
+        (y,) = _run(session, ("Y",), {"X": x})
         return y, None
 
     def backward(self, spec: PoolSpec, input_shape, grad_output: np.ndarray, *,
@@ -142,7 +149,7 @@ class OnnxBackend:
                 raise SpecError("input.dtype", x.dtype.name, f"must equal grad_output's dtype {dtype}")
             feeds = {"dY": dy, "X": x, "pads_begin": pads_begin}
         session = self.session(graph_key("backward", spec, dtype, g.rank))
-        (dx,) = session.run(("dX",), feeds)
+        (dx,) = _run(session, ("dX",), feeds)
         return dx
 
 
