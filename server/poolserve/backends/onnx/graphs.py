@@ -111,30 +111,38 @@ def graph_key(kind: str, spec: PoolSpec, dtype: str, rank: int | None = None) ->
 
 
 class _Builder:
-    """Accumulates nodes and initializers with unique, readable value names."""
+    """Accumulates nodes and initializers with unique, readable value names.
 
-    def __init__(self):
+    A subgraph (an If branch) gets a child builder that shares the parent's counter, so that no
+    name in the branch shadows one outside it.
+    """
+
+    def __init__(self, parent: "_Builder | None" = None):
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self._root = parent._root if parent is not None else self
         self._n = 0
 
+    def _next(self) -> int:
+        self._root._n += 1
+        return self._root._n
+
     def op(self, op_type: str, inputs, n_out: int = 1, name: str | None = None, **attrs):
-        self._n += 1
+        n = self._next()
         base = name or op_type.lower()
-        outs = [f"{base}_{self._n}" + (f"_{i}" if n_out > 1 else "") for i in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=f"{op_type}_{self._n}", **attrs))
+        outs = [f"{base}_{n}" + (f"_{i}" if n_out > 1 else "") for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=f"{op_type}_{n}", **attrs))
         return outs[0] if n_out == 1 else outs
 
     def const(self, value, dtype, name: str) -> str:
-        self._n += 1
-        full = f"{name}_{self._n}"
+        full = f"{name}_{self._next()}"
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), full))
         return full
 
-    def rename_last(self, new: str, index: int = 0) -> None:
-        """Make the last node's output ``index`` a graph output called ``new``."""
-        node = self.nodes[-1]
-        node.output[index] = new
+    def branch(self, name: str, outputs: list[tuple[str, int]]) -> onnx.GraphProto:
+        """This builder's nodes as an If branch returning ``outputs`` ((value, element type))."""
+        return helper.make_graph(self.nodes, name, [], [helper.make_tensor_value_info(v, t, None) for v, t in outputs],
+                                 initializer=self.inits)
 
 
 # -- pieces shared by forward and backward ------------------------------------------------------
@@ -187,31 +195,47 @@ def _lp_norm(b: _Builder, x: str, spec: PoolSpec, rank: int, dtype: str) -> str:
 def _max_special_values(b: _Builder, x: str, y: str, ind: str | None, spec: PoolSpec, rank: int, dtype: str):
     """Make MaxPool's answer the spec's for windows with NaN or only -inf.
 
-    A class tensor (2 = NaN, 1 = anything else, 0 = -inf) is max-pooled with the same
-    attributes: class 2 means the window holds a NaN (value NaN, index of the first NaN, which
-    MaxPool's first-strictly-greater scan gives), class 0 means only -inf (value -inf; the index
-    path already gets -inf windows right).  Global pools have no uint8 kernel, so they pool
-    the class in the input's own dtype.
+    ONNX Runtime's MaxPool skips NaN, and its value-only path starts from the lowest finite
+    value (an all -inf window gives -FLT_MAX).  The fix: a class tensor (2 = NaN, 1 = anything
+    else, 0 = -inf) max-pooled with the same attributes; class 2 means the window holds a NaN
+    (value NaN, index of the first NaN, which MaxPool's first-strictly-greater scan gives),
+    class 0 means only -inf (value -inf; the index path already gets those windows right).
+
+    The fix costs several passes over the input, so it runs only when the input holds a NaN or
+    a -inf, inside an If: the sum of the input is finite or +inf exactly when neither is there
+    (IEEE: a NaN or -inf term makes any sum NaN or -inf; overflow of finite terms only makes
+    the fix run when it was not needed, never the reverse).
     """
-    cls_dtype = dtype if spec.global_pool else "uint8"
-    is_nan = b.op("IsNaN", [x])
-    neg_inf = b.op("IsInf", [x], detect_positive=0, detect_negative=1)
-    cls = b.op("Where", [is_nan, b.const(2, cls_dtype, "nan_class"),
-                         b.op("Where", [neg_inf, b.const(0, cls_dtype, "neginf_class"),
-                                        b.const(1, cls_dtype, "other_class")])], name="max_class")
+    total = b.op("ReduceSum", [x], keepdims=0, name="input_sum")
+    special = b.op("Or", [b.op("IsNaN", [total]), b.op("IsInf", [total], detect_positive=0, detect_negative=1)],
+                   name="has_nan_or_neg_inf")
+
+    fix = _Builder(b)
+    cls_dtype = dtype if spec.global_pool else "uint8"  # the Global pools have no uint8 kernel
+    is_nan = fix.op("IsNaN", [x])
+    neg_inf = fix.op("IsInf", [x], detect_positive=0, detect_negative=1)
+    cls = fix.op("Where", [is_nan, fix.const(2, cls_dtype, "nan_class"),
+                           fix.op("Where", [neg_inf, fix.const(0, cls_dtype, "neginf_class"),
+                                            fix.const(1, cls_dtype, "other_class")])], name="max_class")
     if ind is not None:
-        cls_max, cls_ind = _pool(b, "max", cls, spec, rank, n_out=2)
+        cls_max, cls_ind = _pool(fix, "max", cls, spec, rank, n_out=2)
     else:
-        cls_max, cls_ind = _pool(b, "max", cls, spec, rank), None
-    has_nan = b.op("Equal", [cls_max, b.const(2, cls_dtype, "nan_class")], name="has_nan")
-    y = b.op("Where", [has_nan, b.const(np.nan, dtype, "nan"), y])
+        cls_max, cls_ind = _pool(fix, "max", cls, spec, rank), None
+    has_nan = fix.op("Equal", [cls_max, fix.const(2, cls_dtype, "nan_class")], name="has_nan")
+    fixed_y = fix.op("Where", [has_nan, fix.const(np.nan, dtype, "nan"), y])
     if ind is None:
-        # value-only MaxPool starts from the lowest finite value: an all -inf window needs -inf
-        only_neg_inf = b.op("Equal", [cls_max, b.const(0, cls_dtype, "neginf_class")], name="only_neginf")
-        y = b.op("Where", [only_neg_inf, b.const(-np.inf, dtype, "neg_inf"), y])
+        only_neg_inf = fix.op("Equal", [cls_max, fix.const(0, cls_dtype, "neginf_class")], name="only_neginf")
+        fixed_y = fix.op("Where", [only_neg_inf, fix.const(-np.inf, dtype, "neg_inf"), fixed_y])
+        fixed = [(fixed_y, _tensor_type(dtype))]
     else:
-        ind = b.op("Where", [has_nan, cls_ind, ind])
-    return y, ind
+        fixed = [(fixed_y, _tensor_type(dtype)), (fix.op("Where", [has_nan, cls_ind, ind]), TensorProto.INT64)]
+
+    keep = _Builder(b)
+    kept = [(keep.op("Identity", [v]), t) for v, t in [(y, _tensor_type(dtype))] + ([(ind, TensorProto.INT64)]
+                                                                                    if ind is not None else [])]
+    outs = b.op("If", [special], n_out=len(fixed), name="nan_neginf_fix",
+                then_branch=fix.branch("fix_nan_and_neg_inf", fixed), else_branch=keep.branch("as_pooled", kept))
+    return (outs[0], outs[1]) if ind is not None else (outs, None)
 
 
 def _channels_last_indices(b: _Builder, ind: str, x_nhwc: str, rank: int) -> str:
