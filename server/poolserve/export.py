@@ -4,7 +4,7 @@ Each file holds one graph (see poolserve.backends.onnx.graphs) under a readable 
 ``maxpool_2d_float32_nchw_k3x3_s2x2_p1-1-1-1_indices_forward.onnx``, with the PoolSpec in its
 doc string, so it opens in Netron and runs in any ONNX runtime.  ``index.json`` lists every file
 with its spec, dtype, inputs and outputs.  ``OnnxBackend(model_dir=DIR)`` serves from such a
-directory (the server's ``--onnx-model-dir``).
+directory.
 """
 
 from __future__ import annotations
