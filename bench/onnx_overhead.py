@@ -3,16 +3,19 @@
 For each shape of DESIGN.md's standard set, on the same graph and the same session:
 
   bare_run      session.run(["Y"], {"X": x})                      -- the floor we compare with
-  bare_iobind   IOBinding with the output bound to a preallocated numpy buffer
+  bare_run_again  the same call again: a control that shows the noise floor of the run
+  bare_iobind   IOBinding with the output bound to a preallocated numpy buffer (reused)
+  bare_iobind_fresh  IOBinding to a new numpy array per call (what a backend returning y could do)
   bare_ortvals  session.run_with_ort_values on an OrtValue made from x
   backend       OnnxBackend.forward(spec, x)                        -- what the service calls
 
-and prints backend / bare_run (target: < 1.10 for inputs >= 1 MB).  The two other bare variants
+and prints backend / bare_run (target: < 1.10 for inputs >= 1 MB).  The other bare variants
 are there to decide, by measurement, whether the backend should call run differently.
-Methods are interleaved round by round, so that drift on a shared machine hits all of them
-alike; each figure is the median per-call time.  Results: bench/results/onnx_overhead.json.
+Calls alternate between the methods, so that drift on a shared machine hits all of them alike;
+each figure is the median per-call time, and the ratio of the fastest calls is printed too
+(the least disturbed call of each method; the steadier figure when other work shares the CPUs).  Results: bench/results/onnx_overhead.json.
 
-    .venv/bin/python bench/onnx_overhead.py [--mode max|avg|lp] [--threads N] [--rounds R]
+    .venv/bin/python bench/onnx_overhead.py [--mode max|avg|lp] [--threads N] [--seconds S]
 """
 
 from __future__ import annotations
@@ -48,17 +51,20 @@ def spec_for(mode: str, rank: int, k: int, s: int, p: int) -> PoolSpec:
     return PoolSpec(mode=mode, kernel_shape=(k,) * rank, strides=(s,) * rank, pads=(p,) * (2 * rank))
 
 
-def time_calls(fn, budget_s: float) -> list[float]:
-    """Per-call seconds of fn, repeated for about budget_s (at least 3 calls)."""
-    out, start = [], time.perf_counter()
-    while len(out) < 3 or time.perf_counter() - start < budget_s:
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+def sample(methods: dict, budget_s: float) -> dict[str, list[float]]:
+    """Per-call seconds of each method, calls alternating A, B, C, D, A, B, ... so that every
+    method sees the same moments of a shared machine's load; about budget_s in all."""
+    samples = {m: [] for m in methods}
+    start = time.perf_counter()
+    while min(len(v) for v in samples.values()) < 5 or time.perf_counter() - start < budget_s:
+        for m, fn in methods.items():
+            t = time.perf_counter()
+            fn()
+            samples[m].append(time.perf_counter() - t)
+    return samples
 
 
-def bench_shape(backend: OnnxBackend, mode: str, name, shape, k, s, p, rounds: int, budget_s: float) -> dict:
+def bench_shape(backend: OnnxBackend, mode: str, name, shape, k, s, p, budget_s: float) -> dict:
     rank = len(shape) - 2
     spec = spec_for(mode, rank, k, s, p)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -72,26 +78,38 @@ def bench_shape(backend: OnnxBackend, mode: str, name, shape, k, s, p, rounds: i
     x_val = ort.OrtValue.ortvalue_from_numpy(x)
     run_opts = ort.RunOptions()
 
+    def iobind_fresh():
+        # what the backend could do: bind a new output array per call (it hands y to the caller)
+        y = np.empty(y_ref.shape, np.float32)
+        b = session.io_binding()
+        b.bind_cpu_input("X", x)
+        b.bind_output("Y", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+        session.run_with_iobinding(b)
+        return y
+
     methods = {
         "bare_run": lambda: session.run(["Y"], {"X": x}),
+        "bare_run_again": lambda: session.run(["Y"], {"X": x}),  # control: the noise floor
         "bare_iobind": lambda: session.run_with_iobinding(binding),
+        "bare_iobind_fresh": iobind_fresh,
         "bare_ortvals": lambda: session.run_with_ort_values(["Y"], {"X": x_val}, run_opts)[0].numpy(),
         "backend": lambda: backend.forward(spec, x),
     }
     for fn in methods.values():  # warm up each path (allocator arenas, thread pool)
         fn()
     np.testing.assert_array_equal(y_buf, y_ref)  # the bound output really is the answer
-    samples = {m: [] for m in methods}
-    for _ in range(rounds):
-        for m, fn in methods.items():
-            samples[m] += time_calls(fn, budget_s / rounds / len(methods))
+    samples = sample(methods, budget_s)
     med = {m: statistics.median(v) for m, v in samples.items()}
+    low = {m: min(v) for m, v in samples.items()}  # the least disturbed call: robust to load
     return {
         "name": name, "shape": list(shape), "kernel": k, "stride": s, "pad": p, "mode": mode,
         "input_bytes": int(x.nbytes), "calls": {m: len(v) for m, v in samples.items()},
-        "median_s": med,
+        "median_s": med, "min_s": low,
         "ratio_backend_vs_bare_run": med["backend"] / med["bare_run"],
+        "ratio_backend_vs_bare_run_min": low["backend"] / low["bare_run"],
+        "ratio_control_vs_bare_run": med["bare_run_again"] / med["bare_run"],
         "ratio_iobind_vs_bare_run": med["bare_iobind"] / med["bare_run"],
+        "ratio_iobind_fresh_vs_bare_run": med["bare_iobind_fresh"] / med["bare_run"],
         "ratio_ortvals_vs_bare_run": med["bare_ortvals"] / med["bare_run"],
     }
 
@@ -100,7 +118,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", default="max", choices=("max", "avg", "lp"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3.0, help="time budget per shape")
     ap.add_argument("--only", action="append", help="shape names to run (repeatable)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "onnx_overhead.json")
@@ -109,16 +126,21 @@ def main(argv=None) -> int:
     backend = OnnxBackend(threads=args.threads)
     rows = []
     print(f"onnxruntime {ort.__version__}, {args.threads} intra-op threads, mode {args.mode}, float32")
-    print(f"{'shape':<13} {'MB':>6} {'bare run':>10} {'iobind':>8} {'ortvals':>8} {'backend':>10} {'overhead':>9}")
+    print("times: median per call; columns after 'bare run' are ratios to it ('control' is bare run "
+          "measured again: the noise floor)")
+    print(f"{'shape':<13} {'MB':>6} {'bare run':>10} {'control':>8} {'iobind':>7} {'iob.new':>7} {'ortvals':>7} "
+          f"{'backend':>10} {'overhead':>9} {'(min)':>7}")
     for name, shape, k, s, p in SHAPES:
         if args.only and name not in args.only:
             continue
-        r = bench_shape(backend, args.mode, name, shape, k, s, p, args.rounds, args.seconds)
+        r = bench_shape(backend, args.mode, name, shape, k, s, p, args.seconds)
         rows.append(r)
         m = r["median_s"]
         print(f"{name:<13} {r['input_bytes'] / 2**20:6.2f} {m['bare_run'] * 1e3:8.3f}ms "
-              f"{r['ratio_iobind_vs_bare_run']:7.3f}x {r['ratio_ortvals_vs_bare_run']:7.3f}x "
-              f"{m['backend'] * 1e3:8.3f}ms {100 * (r['ratio_backend_vs_bare_run'] - 1):+8.1f}%")
+              f"{r['ratio_control_vs_bare_run']:7.3f}x {r['ratio_iobind_vs_bare_run']:6.3f}x "
+              f"{r['ratio_iobind_fresh_vs_bare_run']:6.3f}x {r['ratio_ortvals_vs_bare_run']:6.3f}x "
+              f"{m['backend'] * 1e3:8.3f}ms {100 * (r['ratio_backend_vs_bare_run'] - 1):+8.1f}% "
+              f"{100 * (r['ratio_backend_vs_bare_run_min'] - 1):+6.1f}%")
         sys.stdout.flush()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
