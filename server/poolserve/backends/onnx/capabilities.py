@@ -19,8 +19,7 @@ from ...spec import DTYPES_BY_MODE, PoolSpec
 from .graphs import GLOBAL_OP_NAMES, OP_NAMES, OPSET, compute_dtype
 
 # (operator, dtype) pairs ONNX Runtime's CPU provider has no kernel for (or that ONNX itself does
-# not define: GlobalMaxPool takes no integers), among the dtypes the spec allows for the mode.  float16 average / Lp pooling run in float32 inside the
-# graph (graphs.compute_dtype), so only float64 and the global operators are missing.
+# not define: GlobalMaxPool takes no integers), among the dtypes the spec allows for the mode.
 KERNEL_GAPS = {
     ("AveragePool", "float64"), ("LpPool", "float64"),
     ("GlobalAveragePool", "float64"),
@@ -44,7 +43,7 @@ def forward_gap(spec: PoolSpec, dtype: str) -> str | None:
     if dtype not in DTYPES_BY_MODE[spec.mode]:
         return f"{spec.mode} pooling takes {', '.join(DTYPES_BY_MODE[spec.mode])}, not {dtype}"
     op = operator(spec)
-    cdt = compute_dtype(spec.mode, dtype)
+    cdt = compute_dtype(spec, dtype)
     if (op, cdt) in KERNEL_GAPS:
         if not onnx_takes(op, cdt):
             return f"ONNX's {op} (opset {OPSET}) does not take {cdt}; the c backend runs it"

@@ -13,9 +13,8 @@ carries the correction, each one next to the reason:
   first NaN's index from it (:func:`_max_special_values`).
 * LpPool takes an integer ``p``; other exponents are written as |x|^p summed by LpPool(p=1),
   then ^(1/p).
-* float16 average and Lp pooling are computed in float32 inside the graph (Cast in, Cast out):
-  the spec's tolerance assumes a float32 accumulator, and ONNX Runtime's float16 kernels add in
-  float16.
+* float16 Lp pooling with a non-integer p is computed in float32 inside the graph (Cast in,
+  Cast out): |x|^p would overflow float16 before the sum (see :func:`compute_dtype`).
 * Channels-last inputs are transposed inside the graph, and MaxPool's channels-first Indices are
   rewritten into flat offsets of the channels-last input.
 
@@ -43,12 +42,14 @@ IR_VERSION = 10
 OP_NAMES = {"max": "MaxPool", "avg": "AveragePool", "lp": "LpPool"}
 GLOBAL_OP_NAMES = {"max": "GlobalMaxPool", "avg": "GlobalAveragePool", "lp": "GlobalLpPool"}
 
-# the dtype ONNX Runtime computes a mode in, where it is not the input's own (see module doc)
-_COMPUTE_DTYPE = {("avg", "float16"): "float32", ("lp", "float16"): "float32"}
-
-
-def compute_dtype(mode: str, dtype: str) -> str:
-    return _COMPUTE_DTYPE.get((mode, dtype), dtype)
+def compute_dtype(spec: PoolSpec, dtype: str) -> str:
+    """The dtype the forward graph pools in.  The input's own, except float16 Lp pooling with a
+    non-integer p: its |x|^p is a separate Pow node, whose float16 result would overflow
+    (2000^1.5 > 65504) before LpPool sums it.  (ONNX Runtime's float16 AveragePool and LpPool
+    kernels themselves sum in float32: measured exact to the float16 rounding of the result.)"""
+    if dtype == "float16" and spec.mode == "lp" and not float(spec.p).is_integer():
+        return "float32"
+    return dtype
 
 
 def _tensor_type(dtype: str) -> int:
@@ -274,7 +275,7 @@ def forward_model(key: GraphKey) -> onnx.ModelProto:
     b = _Builder()
     x = _to_channels_first(b, "X", spec, rank)
     want_ind = spec.return_indices
-    cdt = compute_dtype(spec.mode, dtype)
+    cdt = compute_dtype(spec, dtype)
     xc = b.op("Cast", [x], to=_tensor_type(cdt)) if cdt != dtype else x
     ind = None
     if spec.mode == "max":
