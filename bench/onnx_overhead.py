@@ -13,7 +13,8 @@ and prints backend / bare_run (target: < 1.10 for inputs >= 1 MB).  The other ba
 are there to decide, by measurement, whether the backend should call run differently.
 Calls alternate between the methods, so that drift on a shared machine hits all of them alike;
 each figure is the median per-call time, and the ratio of the fastest calls is printed too
-(the least disturbed call of each method; the steadier figure when other work shares the CPUs).  Results: bench/results/onnx_overhead.json.
+(the least disturbed call of each method; the steadier figure when other work shares the CPUs).
+Results: bench/results/onnx_overhead.json.
 
     .venv/bin/python bench/onnx_overhead.py [--mode max|avg|lp] [--threads N] [--seconds S]
 """

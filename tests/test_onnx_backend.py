@@ -16,6 +16,7 @@ from poolserve import reference  # noqa: E402
 from poolserve.backends.base import Unsupported  # noqa: E402
 from poolserve.backends.c import CBackend  # noqa: E402
 from poolserve.backends.onnx import OnnxBackend  # noqa: E402
+from poolserve.backends.onnx.capabilities import KERNEL_GAPS  # noqa: E402
 from poolserve.spec import PoolSpec  # noqa: E402
 
 from strategies import arrays, assert_close, examples, specs, window_size  # noqa: E402
@@ -267,7 +268,6 @@ def test_cuda_forward_matches_reference(data, case):
 # -- the refusals are real: each documented gap and deviation, shown on ONNX Runtime itself --------
 
 def _single_node_session(op, dtype, rank=2, **attrs):
-    import onnx
     import onnxruntime as ort
     from onnx import helper
 
@@ -276,14 +276,14 @@ def _single_node_session(op, dtype, rank=2, **attrs):
     t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     dims = ["N", "C"] + [f"D{i}" for i in range(rank)]
     graph = helper.make_graph([helper.make_node(op, ["X"], ["Y"], **attrs)], "probe",
-                              [helper.make_tensor_value_info("X", t, dims)], [helper.make_tensor_value_info("Y", t, None)])
+                              [helper.make_tensor_value_info("X", t, dims)],
+                              [helper.make_tensor_value_info("Y", t, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("op,dtype", sorted(__import__("poolserve.backends.onnx.capabilities",
-                                                       fromlist=["KERNEL_GAPS"]).KERNEL_GAPS))
+@pytest.mark.parametrize("op,dtype", sorted(KERNEL_GAPS))
 def test_kernel_gaps_are_real(op, dtype):
     attrs = {"kernel_shape": [2, 2]} if not op.startswith("Global") else {}
     with pytest.raises(Exception, match="NOT_IMPLEMENTED|INVALID_GRAPH|Could not find|Type Error"):
@@ -324,3 +324,25 @@ def test_ort_same_padding_deviations_are_real(spec, shape):
     else:
         assert raw.shape != expected.shape or not np.array_equal(raw, expected)
     np.testing.assert_array_equal(C.forward(spec, x)[0], expected)  # the c backend runs it
+
+
+@pytest.mark.parametrize("spec", [
+    PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+    PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), return_indices=True, layout="channels_last"),
+    PoolSpec("max", (2, 2, 2), ceil_mode=True),
+    PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), count_include_pad=True, ceil_mode=True),
+    PoolSpec("lp", (2, 2), p=2.0, layout="channels_last"),
+], ids=lambda s: f"{s.mode}{s.rank}d-{s.layout}")
+@pytest.mark.parametrize("special", [False, True], ids=["finite", "nan-inf"])
+def test_larger_inputs_take_the_same_paths(spec, special):
+    """Shapes big enough for ONNX Runtime's vectorised and multi-threaded paths (hypothesis
+    draws small ones); NaN/-inf sprinkled so that the If's fix branch runs on them too."""
+    rng = np.random.default_rng(11)
+    spatial = (19, 33, 47)[-spec.rank:]
+    shape = (2, 8, *spatial) if spec.layout == "channels_first" else (2, *spatial, 8)
+    x = rng.standard_normal(shape).astype(np.float32)
+    if special:
+        mask = rng.random(shape) < 0.01
+        x[mask] = rng.choice([np.nan, -np.inf, np.inf], size=int(mask.sum()))
+        x[0, :2] = -np.inf  # whole planes of -inf (channels-first) or rows (channels-last)
+    assert check_forward(spec, x)

@@ -10,7 +10,8 @@ carries the correction, each one next to the reason:
 * MaxPool ignores NaN (``x > best`` is false for NaN), and its value-only path starts from the
   type's lowest finite value, so a window of only -inf yields -FLT_MAX.  Float max graphs pool a
   small uint8 "class" tensor alongside (2 = NaN, 1 = other, 0 = -inf) and take NaN / -inf / the
-  first NaN's index from it (:func:`_max_special_values`).
+  first NaN's index from it (:func:`_max_special_values`), inside an If that runs the fix only
+  when the input holds a NaN or a -inf.
 * LpPool takes an integer ``p``; other exponents are written as |x|^p summed by LpPool(p=1),
   then ^(1/p).
 * float16 Lp pooling with a non-integer p is computed in float32 inside the graph (Cast in,
@@ -25,7 +26,6 @@ ConvTranspose with an all-ones kernel (:func:`_window_adjoint`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +41,7 @@ IR_VERSION = 10
 
 OP_NAMES = {"max": "MaxPool", "avg": "AveragePool", "lp": "LpPool"}
 GLOBAL_OP_NAMES = {"max": "GlobalMaxPool", "avg": "GlobalAveragePool", "lp": "GlobalLpPool"}
+
 
 def compute_dtype(spec: PoolSpec, dtype: str) -> str:
     """The dtype the forward graph pools in.  The input's own, except float16 Lp pooling with a
