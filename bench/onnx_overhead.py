@@ -11,7 +11,7 @@ For each shape of DESIGN.md's standard set, on the same graph and the same sessi
 
 and prints backend / bare_run (target: < 1.10 for inputs >= 1 MB).  The other bare variants
 are there to decide, by measurement, whether the backend should call run differently.
-Calls alternate between the methods, so that drift on a shared machine hits all of them alike;
+Calls alternate between the methods in a shuffled order, so that drift on a shared machine hits all of them alike;
 each figure is the median per-call time, and the ratio of the fastest calls is printed too
 (the least disturbed call of each method; the steadier figure when other work shares the CPUs).
 Results: bench/results/onnx_overhead.json.
@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -53,12 +54,18 @@ def spec_for(mode: str, rank: int, k: int, s: int, p: int) -> PoolSpec:
 
 
 def sample(methods: dict, budget_s: float) -> dict[str, list[float]]:
-    """Per-call seconds of each method, calls alternating A, B, C, D, A, B, ... so that every
-    method sees the same moments of a shared machine's load; about budget_s in all."""
+    """Per-call seconds of each method, one call of each per round so that every method sees
+    the same moments of a shared machine's load, in a new random order every round so that
+    none always follows the same neighbour (the allocator state a call leaves matters for
+    megabyte outputs); about budget_s in all."""
     samples = {m: [] for m in methods}
+    order = list(methods)
+    rng = random.Random(0)
     start = time.perf_counter()
     while min(len(v) for v in samples.values()) < 5 or time.perf_counter() - start < budget_s:
-        for m, fn in methods.items():
+        rng.shuffle(order)
+        for m in order:
+            fn = methods[m]
             t = time.perf_counter()
             fn()
             samples[m].append(time.perf_counter() - t)
