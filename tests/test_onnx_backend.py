@@ -170,6 +170,9 @@ def test_backend_serves_an_exported_directory(tmp_path):
     assert "does not exist" in served.supports(other, "float32")
     with pytest.raises(Unsupported, match="export-onnx"):
         served.forward(other, x)
+    export_models(tmp_path, [PoolSpec("avg", global_pool=True)], global_ranks=(1,), backward=False)
+    assert served.supports(PoolSpec("avg", global_pool=True), "float32") is None  # a rank-1 file serves
+    assert "does not exist" in served.supports(PoolSpec("avg", global_pool=True), "float16")
 
 
 def test_export_command(tmp_path, capsys):
@@ -346,3 +349,10 @@ def test_larger_inputs_take_the_same_paths(spec, special):
         x[mask] = rng.choice([np.nan, -np.inf, np.inf], size=int(mask.sum()))
         x[0, :2] = -np.inf  # whole planes of -inf (channels-first) or rows (channels-last)
     assert check_forward(spec, x)
+
+
+def test_info_lists_the_providers():
+    from poolserve import info
+
+    entry = info.collect()["backends"]["onnx"]
+    assert entry["available"] and "CPUExecutionProvider" in entry["providers"]

@@ -17,6 +17,8 @@ from typing import Iterable
 
 from .spec import DTYPES_BY_MODE, PoolSpec, SpecError
 
+ALL_DTYPES = tuple(dict.fromkeys(d for dtypes in DTYPES_BY_MODE.values() for d in dtypes))
+
 # The kernel settings of DESIGN.md's standard shape set, in every mode.
 DEFAULT_SPECS = tuple(
     PoolSpec(mode=mode, **geometry, **extra)
@@ -90,8 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", action="append", type=parse_spec, metavar="JSON",
                         help="a PoolSpec as JSON (repeatable); default: the kernels of DESIGN.md's "
                              "shape set in every mode")
-    parser.add_argument("--dtype", action="append", metavar="DTYPE",
-                        help="numpy dtype name (repeatable); default float32")
+    parser.add_argument("--dtype", action="append", choices=ALL_DTYPES, metavar="DTYPE",
+                        help=f"one of {', '.join(ALL_DTYPES)} (repeatable); default float32")
     parser.add_argument("--global-rank", action="append", type=int, metavar="R",
                         help="spatial ranks to write global specs for (repeatable); default 2")
     parser.add_argument("--no-backward", action="store_true", help="write forward graphs only")

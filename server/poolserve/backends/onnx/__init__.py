@@ -61,6 +61,8 @@ class OnnxBackend:
         model_dir: a directory of exported .onnx files, used in preference to building graphs;
         with build_missing=False, specs without a file there are refused.
         """
+        if not build_missing and model_dir is None:
+            raise ValueError("build_missing=False needs a model_dir to serve from")
         threads = threads or os.cpu_count() or 1
         if threads < 1:
             raise ValueError(f"threads={threads}: must be >= 1")
@@ -78,20 +80,22 @@ class OnnxBackend:
 
     # -- capabilities ------------------------------------------------------------------------
     def supports(self, spec: PoolSpec, dtype: str) -> str | None:
-        reason = capabilities.forward_gap(spec, dtype)
-        if reason is None and not self.build_missing:
-            reason = self._missing_file(graph_key("forward", spec, dtype, spec.rank or 2))
-        return reason
+        return capabilities.forward_gap(spec, dtype) or self._missing_files("forward", spec, dtype)
 
     def supports_backward(self, spec: PoolSpec, dtype: str) -> str | None:
-        reason = capabilities.backward_gap(spec, dtype)
-        if reason is None and not self.build_missing:
-            reason = self._missing_file(graph_key("backward", spec, dtype, spec.rank or 2))
-        return reason
+        """Like supports(), for backward (max backward scatters only, so it has fewer gaps)."""
+        return capabilities.backward_gap(spec, dtype) or self._missing_files("backward", spec, dtype)
 
-    def _missing_file(self, key: GraphKey) -> str | None:
-        if self.model_dir is None or sessions.model_file(self.model_dir, key.name).exists():
+    def _missing_files(self, kind: str, spec: PoolSpec, dtype: str) -> str | None:
+        """With build_missing=False: why no graph file serves the spec (a global spec: any rank)."""
+        if self.build_missing:
             return None
+        keys = [graph_key(kind, spec, dtype, r) for r in ([spec.rank] if spec.rank else (1, 2, 3))]
+        if any(sessions.model_file(self.model_dir, k.name).exists() for k in keys):
+            return None
+        return self._missing_file(keys[0])
+
+    def _missing_file(self, key: GraphKey) -> str:
         return f"{sessions.model_file(self.model_dir, key.name)} does not exist (export it with poolserve export-onnx)"
 
     # -- sessions ----------------------------------------------------------------------------
