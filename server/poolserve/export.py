@@ -50,6 +50,12 @@ def export_models(out_dir: str | Path, specs: Iterable[PoolSpec] = DEFAULT_SPECS
             kinds = [("forward", capabilities.forward_gap(spec, dtype))]
             if backward and dtype in ("float32", "float64", "float16"):
                 kinds.append(("backward", capabilities.backward_gap(spec, dtype)))
+            if capabilities.global_as_window(spec, dtype):
+                # runs as a window over the input's whole extent: a graph per input shape
+                skipped.append(f"{spec.mode} global pooling on {dtype}: ONNX Runtime's Global* operator cannot run it, "
+                               "so the backend builds a graph per input shape; export the spec with "
+                               "kernel_shape = the spatial shape instead")
+                continue
             for kind, reason in kinds:
                 for rank in ranks:
                     key = graphs.graph_key(kind, spec, dtype, rank)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ...spec import FLOAT_DTYPES, INDEX_DTYPE, PoolSpec, SpecError
+from ...spec import FLOAT_DTYPES, INDEX_DTYPE, Geometry, PoolSpec, SpecError
 from ..base import BackendError, Unsupported
 from . import capabilities, graphs, sessions
 from .graphs import GraphKey, graph_key
@@ -41,7 +41,17 @@ def _forward_plan(spec: PoolSpec, dtype: str, shape: tuple[int, ...]) -> GraphKe
     reason = capabilities.forward_gap(spec, dtype)
     if reason:
         raise Unsupported(reason)
-    return graph_key("forward", spec, dtype, g.rank)
+    return graph_key("forward", _graph_spec(spec, dtype, g), dtype, g.rank)
+
+
+def _graph_spec(spec: PoolSpec, dtype: str, g: Geometry) -> PoolSpec:
+    """The spec the graph is built from: the spec itself, or for a global spec that its Global*
+    operator cannot run, the same pooling as one window over the resolved extent (the spec
+    module's definition of global pooling: kernel = spatial extent, stride 1, no pads)."""
+    if not capabilities.global_as_window(spec, dtype):
+        return spec
+    return PoolSpec(mode=spec.mode, kernel_shape=g.kernel, strides=g.strides, p=spec.p, layout=spec.layout,
+                    count_include_pad=spec.count_include_pad, return_indices=spec.return_indices)
 
 
 def _run(session, outputs, feeds):
@@ -162,7 +172,7 @@ class OnnxBackend:
             if x.dtype != dy.dtype:
                 raise SpecError("input.dtype", x.dtype.name, f"must equal grad_output's dtype {dtype}")
             feeds = {"dY": dy, "X": x, "pads_begin": pads_begin}
-        session = self.session(graph_key("backward", spec, dtype, g.rank))
+        session = self.session(graph_key("backward", _graph_spec(spec, dtype, g), dtype, g.rank))
         (dx,) = _run(session, ("dX",), feeds)
         return dx
 

@@ -5,7 +5,12 @@ Two kinds of refusal, each with the reason a caller sees (FAILED_PRECONDITION):
 * kernel gaps: ONNX Runtime's CPU provider has no kernel for the operator in that dtype
   (onnxruntime 1.32 on x86-64; `tests/test_onnx_backend.py::test_kernel_gaps_are_real` checks
   that each listed gap still fails, so the list cannot go stale silently);
-* spec gaps: ONNX has no way to express the spec's answer (a global max with indices).
+* deviations: ONNX Runtime gives another answer than the spec and the graph cannot fix it
+  (``deviation``).
+
+A global spec whose Global* operator is missing (GlobalLpPool, GlobalMaxPool with indices or
+on float64 and integers) runs as the plain operator over the whole extent instead
+(``global_as_window``), so only the plain operator's gaps refuse it.
 
 Anything else that ONNX Runtime refuses when the session is built also becomes Unsupported
 (see sessions.SessionCache), so an unlisted gap is still reported as one.
@@ -31,26 +36,41 @@ KERNEL_GAPS = {
 def onnx_takes(op: str, dtype: str) -> bool:
     """Whether the ONNX operator's schema allows the dtype at all (else no runtime can run it)."""
     allowed = onnx.defs.get_schema(op, OPSET).type_constraints[0].allowed_type_strs
-    return f"tensor({'float' if dtype == 'float32' else dtype})" in allowed
+    onnx_name = {"float32": "float", "float64": "double"}.get(dtype, dtype)
+    return f"tensor({onnx_name})" in allowed
 
 
 def operator(spec: PoolSpec) -> str:
     return (GLOBAL_OP_NAMES if spec.global_pool else OP_NAMES)[spec.mode]
 
 
+def _kernel_gap(op: str, dtype: str) -> str | None:
+    if (op, dtype) not in KERNEL_GAPS:
+        return None
+    if not onnx_takes(op, dtype):
+        return f"ONNX's {op} (opset {OPSET}) does not take {dtype}; the c backend runs it"
+    return f"ONNX Runtime's CPU provider has no {op} kernel for {dtype}; the c backend runs it"
+
+
+def global_as_window(spec: PoolSpec, dtype: str) -> bool:
+    """Whether a global spec runs as the plain pool over a window of the input's whole spatial
+    extent (stride 1, no pads: the spec's own definition of global pooling), because the Global*
+    operator cannot: no kernel for the dtype, no GlobalLpPool at all, no Indices output.  Such
+    graphs have static spatial dimensions, so there is one per input spatial shape."""
+    if not spec.global_pool:
+        return False
+    return (_kernel_gap(operator(spec), compute_dtype(spec, dtype)) is not None
+            or (spec.mode == "max" and spec.return_indices))
+
+
 def forward_gap(spec: PoolSpec, dtype: str) -> str | None:
     """None when the forward graph of (spec, dtype) runs; otherwise why not."""
     if dtype not in DTYPES_BY_MODE[spec.mode]:
         return f"{spec.mode} pooling takes {', '.join(DTYPES_BY_MODE[spec.mode])}, not {dtype}"
-    op = operator(spec)
     cdt = compute_dtype(spec, dtype)
-    if (op, cdt) in KERNEL_GAPS:
-        if not onnx_takes(op, cdt):
-            return f"ONNX's {op} (opset {OPSET}) does not take {cdt}; the c backend runs it"
-        return f"ONNX Runtime's CPU provider has no {op} kernel for {cdt}; the c backend runs it"
-    if spec.global_pool and spec.mode == "max" and spec.return_indices:
-        return "GlobalMaxPool has no Indices output; the c backend returns global max indices"
-    return deviation(spec)
+    if global_as_window(spec, dtype):
+        return _kernel_gap(OP_NAMES[spec.mode], cdt)
+    return _kernel_gap(operator(spec), cdt) or deviation(spec)
 
 
 def deviation(spec: PoolSpec) -> str | None:
