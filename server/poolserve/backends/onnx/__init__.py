@@ -31,12 +31,13 @@ def _native_contiguous(a: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4096)
-def _forward_plan(spec: PoolSpec, dtype: str, shape: tuple[int, ...]) -> GraphKey:
+def _forward_plan(spec: PoolSpec, np_dtype: np.dtype, shape: tuple[int, ...]) -> GraphKey:
     """The forward graph for (spec, dtype, shape), after the spec's checks and the refusals.
 
     Memoised: a server sees the same few (spec, shape) pairs again and again, and resolving and
     keying cost more than the rest of the wrapper (~8 of ~15 us).  Exceptions are not cached.
     """
+    dtype = np_dtype.name
     g = spec.resolve(shape, dtype)  # SpecError (INVALID_ARGUMENT) before any refusal
     reason = capabilities.forward_gap(spec, dtype)
     if reason:
@@ -125,7 +126,9 @@ class OnnxBackend:
     # -- compute -----------------------------------------------------------------------------
     def forward(self, spec: PoolSpec, x: np.ndarray):
         x = _native_contiguous(np.asarray(x))
-        session = self.session(_forward_plan(spec, x.dtype.name, x.shape))
+        # keyed by the dtype object: numpy's dtype.name is Python code that, right after a
+        # multi-megabyte call (cold caches), cost 6-30 us per call in bench/onnx_overhead.py
+        session = self.session(_forward_plan(spec, x.dtype, x.shape))
         if spec.return_indices:
             y, ind = _run(session, ("Y", "Indices"), {"X": x})
             return y, ind

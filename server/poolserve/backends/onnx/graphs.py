@@ -66,6 +66,15 @@ class GraphKey:
     dtype: str
     rank: int
 
+    def __hash__(self) -> int:
+        # computed once: the session cache hashes the key on every call, and PoolSpec's
+        # generated __hash__ is Python code over all its fields
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.kind, self.spec, self.dtype, self.rank))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     @property
     def name(self) -> str:
         """A readable, file-system-safe name that identifies the graph (used for .onnx files)."""
