@@ -55,8 +55,8 @@ def _kernel_gap(op: str, dtype: str) -> str | None:
 def global_as_window(spec: PoolSpec, dtype: str) -> bool:
     """Whether a global spec runs as the plain pool over a window of the input's whole spatial
     extent (stride 1, no pads: the spec's own definition of global pooling), because the Global*
-    operator cannot: no kernel for the dtype, no GlobalLpPool at all, no Indices output.  Such
-    graphs have static spatial dimensions, so there is one per input spatial shape."""
+    operator cannot: no kernel for the dtype, no GlobalLpPool at all, no Indices output.  The
+    kernel fixes the spatial shape, so there is one such graph per input spatial shape."""
     if not spec.global_pool:
         return False
     return (_kernel_gap(operator(spec), compute_dtype(spec, dtype)) is not None
