@@ -3,6 +3,7 @@
 #   make test       install with the test extra and run the whole suite (and the sanitizer run)
 #   make test-asan  the kernel tests against an AddressSanitizer + UBSan build of the kernels
 #   make bench      benchmarks; results under bench/results/
+#   make soak       a minute of steady load against a real server: no error, no memory growth
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +14,7 @@ SOURCES := pyproject.toml setup.py $(wildcard kernels/*.c kernels/*.h kernels/*.
 ASAN_LIB := build/asan/libpoolkernels.so
 CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: venv serve test test-py test-asan bench clean
+.PHONY: venv serve test test-py test-asan soak bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,11 @@ test-asan: $(STAMP) $(ASAN_LIB)
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	HYPOTHESIS_PROFILE=asan \
 	$(PY) -m pytest -q -p no:cacheprovider -m kernels tests
+
+# `make test` runs the same test for a few seconds (POOLSERVE_SOAK_SECONDS defaults to 6).
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	POOLSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider -m soak tests
 
 serve: $(STAMP)
 	$(VENV)/bin/poolserve serve $(SERVE_ARGS)
