@@ -46,7 +46,7 @@ def _clean_env(**extra) -> dict:
 def _run_script(script: str, cwd: Path, timeout: float, env=None) -> subprocess.CompletedProcess:
     """bash -e, in its own process group; background jobs (a server) are stopped when the script
     ends, so that they neither outlive the test nor hold its output pipe open."""
-    script = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + script
+    script = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true; wait || true' EXIT\n" + script
     proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, env=env or _clean_env())
     try:
