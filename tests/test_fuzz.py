@@ -29,7 +29,8 @@ from serverproc import ServerProc
 
 MiB = 1 << 20
 CLIENT_ERRORS = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED}
+                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED,
+                 grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.ALREADY_EXISTS}
 # well under the smallest claimed size the examples below make (2 GiB), well over a warm server
 PEAK_RSS_LIMIT = 768 * MiB
 ITEMSIZE = {pb.FLOAT32: 4, pb.FLOAT64: 8, pb.FLOAT16: 2, pb.BFLOAT16: 2, pb.INT8: 1, pb.UINT8: 1, pb.INT64: 8}
@@ -252,3 +253,105 @@ def test_a_good_request_succeeds_after(channel, server):
                                     spec=pb.PoolSpec(mode=pb.MAX, kernel_shape=[2, 2])), timeout=30)
     y = np.frombuffer(resp.output.data, np.float32).reshape(resp.output.shape)
     assert y.tolist() == [[[[5.0, 7.0], [13.0, 15.0]]]]
+
+
+# -- the Open Inference Protocol (KServe v2 / Triton) ----------------------------------------------
+OIP = "/inference.GRPCInferenceService/"
+OIP_MODELS = ["maxpool_2x2_s2", "maxpool_3x3_s2_p1", "avgpool_2x2_s2", "globalavgpool", "nosuchmodel", "", "\x00"]
+DATATYPES = ["FP32", "FP16", "FP64", "INT8", "UINT8", "INT64", "BF16", "BOOL", "BYTES", "INT32", "", "fp32", "FP32\x00"]
+DATATYPE_SIZE = {"FP32": 4, "FP16": 2, "FP64": 8, "INT8": 1, "UINT8": 1, "INT64": 8}
+
+
+@pytest.fixture(scope="module")
+def oip(channel):
+    gs = pytest.importorskip("poolclient._proto.inference.grpc_service_pb2",
+                             reason="the Open Inference Protocol API (issue 5) is not in this tree")
+    gs_grpc = pytest.importorskip("poolclient._proto.inference.grpc_service_pb2_grpc")
+    stub = gs_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        stub.ServerLive(gs.ServerLiveRequest(), timeout=10)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            pytest.skip("this server does not serve the Open Inference Protocol")
+        raise
+    return gs, stub
+
+
+@st.composite
+def infer_requests(draw, gs):
+    req = gs.ModelInferRequest(model_name=draw(st.sampled_from(OIP_MODELS)), id=draw(st.text(max_size=8)))
+    for _ in range(draw(st.integers(0, 2))):
+        datatype = draw(st.sampled_from(DATATYPES))
+        shape = draw(st.one_of(st.lists(st.integers(1, 6), min_size=4, max_size=4),
+                               st.lists(dims, max_size=8)))
+        t = req.inputs.add(name=draw(st.sampled_from(["input", "INPUT0", ""])), datatype=datatype, shape=shape)
+        n = math.prod(shape) if shape and all(d > 0 for d in shape) else 0
+        where = draw(st.sampled_from(["raw", "raw-nan", "raw-short", "typed", "both", "none", "shm"]))
+        size = DATATYPE_SIZE.get(datatype, 4)
+        if where in ("raw", "both") and 0 < n <= 512:
+            req.raw_input_contents.append(draw(st.binary(min_size=n * size, max_size=n * size)))
+        elif where == "raw-nan" and 0 < n <= 512:
+            req.raw_input_contents.append(np.full(n, np.nan, np.float32).tobytes())
+        elif where == "raw-short":
+            req.raw_input_contents.append(draw(st.binary(max_size=32)))
+        if where in ("typed", "both"):
+            t.contents.fp32_contents.extend(draw(st.lists(st.floats(width=32), max_size=64)))
+            t.contents.int64_contents.extend(draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4)))
+        if where == "shm":  # a region nobody registered, with absurd offsets and sizes
+            t.parameters["shared_memory_region"].string_param = draw(st.sampled_from(["nope", "", "../etc"]))
+            t.parameters["shared_memory_byte_size"].int64_param = draw(st.sampled_from([0, -1, 2**62, 64]))
+            t.parameters["shared_memory_offset"].int64_param = draw(st.sampled_from([0, -5, 2**63 - 1]))
+    for name in draw(st.lists(st.sampled_from(["output", "indices", "nope", ""]), max_size=3)):
+        out = req.outputs.add(name=name)
+        if draw(st.booleans()):
+            out.parameters["binary_data"].bool_param = draw(st.booleans())
+    if draw(st.booleans()):
+        req.parameters[draw(st.sampled_from(["backend", "provider", "priority", "timeout"]))].string_param = \
+            draw(st.sampled_from(["c", "onnx", "cuda", "zzz", ""]))
+    return req
+
+
+def test_oip_raw_bytes_at_every_method(channel, oip):
+    gs, _ = oip
+    methods = [m.name for m in gs.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods]
+
+    @settings(FUZZ, max_examples=150)
+    @given(st.sampled_from(methods), st.lists(st.binary(max_size=200), min_size=1, max_size=3))
+    def run(method, payloads):
+        if method == "ModelStreamInfer":
+            expect_client_error(lambda it, timeout: list(channel.stream_stream(OIP + method)(it, timeout=timeout)),
+                                iter(payloads))
+        else:
+            expect_client_error(channel.unary_unary(OIP + method), payloads[0])
+
+    run()
+
+
+def test_oip_structured_infer(oip):
+    gs, stub = oip
+    seen: Counter = Counter()
+
+    @settings(FUZZ, max_examples=250)
+    @given(infer_requests(gs))
+    def run(req):
+        seen[expect_client_error(stub.ModelInfer, req)] += 1
+
+    run()
+    assert seen[grpc.StatusCode.INVALID_ARGUMENT] + seen[grpc.StatusCode.NOT_FOUND] >= 10, seen
+
+
+def test_oip_structured_stream_and_shared_memory(oip):
+    gs, stub = oip
+
+    @settings(FUZZ, max_examples=60)
+    @given(st.lists(infer_requests(gs), min_size=1, max_size=3),
+           st.sampled_from(["nope", "/nope", "../../etc/passwd", "", "x" * 300]),
+           st.sampled_from([0, 1, 2**31, 2**63 - 1]), st.sampled_from([0, 1, 2**40, 2**64 - 1]))
+    def run(reqs, key, offset, size):
+        # Triton reports per-request errors inside the stream; the stream itself must end cleanly
+        expect_client_error(lambda it, timeout: list(stub.ModelStreamInfer(it, timeout=timeout)), iter(reqs))
+        expect_client_error(stub.SystemSharedMemoryRegister, gs.SystemSharedMemoryRegisterRequest(
+            name="fuzz", key=key, offset=offset, byte_size=size))
+        expect_client_error(stub.SystemSharedMemoryUnregister, gs.SystemSharedMemoryUnregisterRequest(name="fuzz"))
+
+    run()
