@@ -117,3 +117,18 @@ def test_pick_first_is_what_round_robin_avoids(three_servers):
         _run(client, 60)
     shares = sorted(_counts(servers, 60))
     assert shares == [0, 0, 60], shares
+
+
+def test_targets():
+    from poolclient._calls import auth_metadata, channel_target
+
+    assert channel_target("dns:///poolserve.ns.svc.cluster.local:50051") == "dns:///poolserve.ns.svc.cluster.local:50051"
+    assert channel_target(["127.0.0.1:1"]) == "127.0.0.1:1"
+    assert channel_target(["127.0.0.1:1", "10.0.0.2:2"]) == "ipv4:127.0.0.1:1,10.0.0.2:2"
+    assert channel_target(("[::1]:1", "[fe80::1]:2")) == "ipv6:[::1]:1,[fe80::1]:2"
+    for bad in (["a.example:1", "b.example:1"], ["127.0.0.1:1", "[::1]:2"], []):
+        with pytest.raises(ValueError):
+            channel_target(bad)
+    assert auth_metadata(None) == () and auth_metadata("t") == (("authorization", "Bearer t"),)
+    with pytest.raises(ValueError):
+        auth_metadata("t\nx-injected: 1")
