@@ -165,6 +165,17 @@ def test_bearer_token(pki, tmp_path):
         with PoolClient(s.target, timeout=10, retries=0, token=TOKEN) as c:
             assert len(list(c.pool_many([X, X], mode="max", kernel_size=2))) == 2
 
+        # the shell client reads its token from a file (never a command-line argument)
+        np.save(tmp_path / "x.npy", X)
+        (tmp_path / "token").write_text(TOKEN + "\n")
+        cli = [sys.executable, "-m", "poolclient.cli", "pool", str(tmp_path / "x.npy"), "-k", "2",
+               "--target", s.target, "-o", str(tmp_path / "y.npy")]
+        assert subprocess.run(cli, capture_output=True, timeout=60).returncode != 0
+        out = subprocess.run(cli + ["--token-file", str(tmp_path / "token")], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert np.load(tmp_path / "y.npy").shape == (2, 3, 2, 2)
+
         # health stays open for probes, without a token
         assert _health(s.target).returncode == 0
         assert TOKEN not in s.log()
