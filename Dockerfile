@@ -32,7 +32,6 @@ FROM ${PYTHON_IMAGE} AS runtime
 # provide the same module and must not both be installed).  The GPU image also needs the NVIDIA
 # container runtime on the host (`docker run --gpus all`).
 ARG EXTRA=server
-ARG VERSION=0.1.0
 
 # libgomp: the kernels' OpenMP runtime (the only shared library they link beyond libc and libm).
 # hadolint ignore=DL3008
@@ -42,11 +41,12 @@ RUN apt-get update \
  && groupadd --system --gid 10001 poolserve \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin poolserve
 
-# A venv keeps our dependencies apart from the image's Python; the wheel comes from the build
-# stage, its dependencies from the package index, pinned to this release by VERSION.
+# A venv keeps our dependencies apart from the image's Python.  The wheel is installed by its
+# path, never by name from an index, so that no package of the same name elsewhere can stand
+# in for it; its dependencies come from the package index.
 COPY --from=build /wheels /wheels
 RUN python -m venv /opt/poolserve \
- && /opt/poolserve/bin/python -m pip install --no-cache-dir --find-links /wheels "poolserve[${EXTRA}]==${VERSION}" \
+ && /opt/poolserve/bin/python -m pip install --no-cache-dir "$(echo /wheels/poolserve-*.whl)[${EXTRA}]" \
  && rm -rf /wheels
 
 # Every `poolserve serve` flag has a POOLSERVE_* variable (flags on the command line win).

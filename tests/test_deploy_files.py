@@ -85,7 +85,7 @@ def test_dockerfile_shape():
         assert args.startswith("["), f"{word} {args}"
     # the GPU variant: a build arg choosing the extra that installs onnxruntime-gpu
     assert "EXTRA=server" in [a for w, a in ins if w == "ARG"]
-    assert any(w == "RUN" and "poolserve[${EXTRA}]" in a for w, a in ins)
+    assert any(w == "RUN" and ".whl)[${EXTRA}]" in a for w, a in ins)  # the wheel by path, never by name
 
 
 def _server_flags() -> dict[str, argparse.Action]:

@@ -128,7 +128,7 @@ def test_dockerfile_install_steps_serve(tmp_path):
     script = []
     for step in steps:
         step = (step.replace("/wheels", str(wheels)).replace("/opt/poolserve", str(prefix))
-                    .replace("${EXTRA}", args["EXTRA"]).replace("${VERSION}", args["VERSION"])
+                    .replace("${EXTRA}", args["EXTRA"])
                     # the image runs `python` from PATH; here, this interpreter.  pip's cache is
                     # allowed here (--no-cache-dir only keeps the image small).
                     .replace("python -m", f"{shlex.quote(sys.executable)} -m", 1)
