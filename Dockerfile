@@ -65,7 +65,8 @@ WORKDIR /tmp
 EXPOSE 50051 9464
 
 # The gRPC health service, asked by our own small client (no curl, no grpc_health_probe binary):
-# exit 0 only while SERVING.  It reads POOLSERVE_PORT; a TLS server needs `--tls-ca` here too.
+# exit 0 only while SERVING.  It reads POOLSERVE_PORT, and POOLSERVE_HEALTH_TLS_CA (and _CERT,
+# _KEY, _SERVER_NAME) for a TLS server.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["poolserve", "health", "--timeout", "3"]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import subprocess
 import sys
 
@@ -98,9 +99,9 @@ def _pool(target, **kw):
         return c.max_pool(X, 2)
 
 
-def _health(target, *args):
+def _health(target, *args, env=None):
     return subprocess.run([sys.executable, "-m", "poolserve.app", "health", "--target", target, *args],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 # -- TLS ------------------------------------------------------------------------------------------
@@ -140,6 +141,11 @@ def test_mutual_tls(pki, tmp_path):
         assert _health(s.target, "--tls-ca", pki["ca.pem"], "--tls-cert", pki["client.pem"],
                        "--tls-key", pki["client.key"]).returncode == 0
         assert _health(s.target, "--tls-ca", pki["ca.pem"]).returncode == 1
+        # the same from the environment: how a container's fixed HEALTHCHECK is pointed at TLS
+        assert _health(s.target, env={"POOLSERVE_HEALTH_TLS_CA": pki["ca.pem"],
+                                      "POOLSERVE_HEALTH_TLS_CERT": pki["client.pem"],
+                                      "POOLSERVE_HEALTH_TLS_KEY": pki["client.key"],
+                                      "POOLSERVE_HEALTH_SERVER_NAME": "localhost"}).returncode == 0
         assert s.alive()
 
 
