@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("poolserve.server", reason="needs the gRPC server (issue 4); TEMPORARY until main is merged")
-
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 X = np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4)

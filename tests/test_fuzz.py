@@ -18,8 +18,6 @@ import re
 import grpc
 import numpy as np
 import pytest
-
-pytest.importorskip("poolserve.server", reason="needs the gRPC server (issue 4); TEMPORARY until main is merged")
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 

@@ -13,8 +13,6 @@ import grpc
 import numpy as np
 import pytest
 
-pytest.importorskip("poolserve.server", reason="needs the gRPC server (issue 4); TEMPORARY until main is merged")
-
 from poolclient._proto.poolserve.v1 import pooling_pb2 as pb
 from poolclient._proto.poolserve.v1 import pooling_pb2_grpc as pb_grpc
 from serverproc import ServerProc

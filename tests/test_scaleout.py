@@ -15,8 +15,6 @@ import grpc
 import numpy as np
 import pytest
 
-pytest.importorskip("poolserve.server", reason="needs the gRPC server (issue 4); TEMPORARY until main is merged")
-
 from poolclient import PoolClient
 from serverproc import ServerProc
 
@@ -120,7 +118,7 @@ def test_pick_first_is_what_round_robin_avoids(three_servers):
 
 
 def test_targets():
-    from poolclient._calls import auth_metadata, channel_target
+    from poolclient._calls import auth_metadata, channel_target, default_lb_policy
 
     assert channel_target("dns:///poolserve.ns.svc.cluster.local:50051") == "dns:///poolserve.ns.svc.cluster.local:50051"
     assert channel_target(["127.0.0.1:1"]) == "127.0.0.1:1"
@@ -129,6 +127,9 @@ def test_targets():
     for bad in (["a.example:1", "b.example:1"], ["127.0.0.1:1", "[::1]:2"], []):
         with pytest.raises(ValueError):
             channel_target(bad)
+    assert default_lb_policy("dns:///poolserve.ns.svc:50051") == "round_robin"
+    assert default_lb_policy(channel_target(["127.0.0.1:1", "127.0.0.1:2"])) == "round_robin"
+    assert default_lb_policy("127.0.0.1:1") == default_lb_policy("ipv4:127.0.0.1:1") == "pick_first"
     assert auth_metadata(None) == () and auth_metadata("t") == (("authorization", "Bearer t"),)
     with pytest.raises(ValueError):
         auth_metadata("t\nx-injected: 1")

@@ -18,8 +18,6 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("poolserve.server", reason="needs the gRPC server (issue 4); TEMPORARY until main is merged")
-
 from poolclient import PoolClient
 from serverproc import ServerProc
 

@@ -15,8 +15,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("poolserve.server", reason="needs the gRPC server (issue 4); TEMPORARY until main is merged")
-
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
