@@ -1,10 +1,18 @@
 """Generate poolclient's Python stubs from the .proto files here (`make protos`).
 
+Two packages: the native API (poolserve/v1/) and the Open Inference Protocol (inference/).
+
 protoc names generated modules after the .proto paths (poolserve/v1/pooling_pb2.py), and
 grpc's generated code imports its messages by that absolute name (`from poolserve.v1 import
 ...`), which would resolve to the *server* package `poolserve`.  The stubs live inside
 poolclient/_proto/ instead, so those imports are rewritten to relative ones.  The test suite
 runs this script into a temporary folder and compares, so committed stubs cannot drift.
+
+The inference stubs also get their own descriptor pool (inference/_pool.py) instead of
+protobuf's default one: tritonclient registers the same fully-qualified names
+(inference.ModelInferRequest, ...) there, and a pool refuses a second definition of a name
+("duplicate symbol"), so without it no process could import both tritonclient and poolserve --
+the test suite does, and so may a user's client.
 """
 
 from __future__ import annotations
@@ -16,6 +24,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parent / "client" / "poolclient" / "_proto"
+# Packages whose generated absolute imports become relative ones.
+PACKAGES = ("poolserve.v1", "inference")
+PRIVATE_POOL = "inference"  # the package whose stubs get their own descriptor pool
+POOL_MODULE = '''"""The descriptor pool of poolclient's inference stubs (written by protos/generate.py).
+
+Not protobuf's default pool: tritonclient defines the same names there (see protos/generate.py).
+"""
+from google.protobuf import descriptor_pool
+
+POOL = descriptor_pool.DescriptorPool()
+'''
 
 
 def generate(out: Path) -> list[Path]:
@@ -35,10 +54,17 @@ def generate(out: Path) -> list[Path]:
             continue
         text = path.read_text()
         # `from poolserve.v1 import pooling_pb2 as ...` -> `from . import pooling_pb2 as ...`
-        fixed = re.sub(r"^from poolserve\.v1 import ", "from . import ", text, flags=re.M)
+        packages = "|".join(re.escape(p) for p in PACKAGES)
+        fixed = re.sub(rf"^from (?:{packages}) import ", "from . import ", text, flags=re.M)
+        if path.parent == out / PRIVATE_POOL and path.suffix == ".py":
+            fixed = _use_private_pool(fixed)
         if fixed != text:
             path.write_text(fixed)
         written.append(path)
+    if (out / PRIVATE_POOL).is_dir():
+        pool = out / PRIVATE_POOL / "_pool.py"
+        pool.write_text(POOL_MODULE)
+        written.append(pool)
     for folder in {p.parent for p in written} | {out / "poolserve"}:
         while folder != out.parent and folder.is_dir():
             (folder / "__init__.py").touch()
@@ -46,6 +72,15 @@ def generate(out: Path) -> list[Path]:
                 break
             folder = folder.parent
     return written
+
+
+def _use_private_pool(text: str) -> str:
+    """Register a generated module's descriptors in _pool.POOL instead of the default pool."""
+    if "_descriptor_pool.Default()" not in text:
+        return text  # e.g. a *_pb2_grpc.py
+    text = text.replace("_descriptor_pool.Default()", "_pool.POOL")
+    return text.replace("# @@protoc_insertion_point(imports)",
+                        "from . import _pool\n# @@protoc_insertion_point(imports)", 1)
 
 
 def main() -> int:

@@ -185,6 +185,14 @@ def test_bearer_token(pki, tmp_path):
         assert TOKEN not in s.log()
         assert s.alive()
 
+        # the Open Inference Protocol is guarded too; NVIDIA's client sends the header per call
+        tc = pytest.importorskip("tritonclient.grpc")
+        triton = tc.InferenceServerClient(s.target)
+        assert triton.is_server_live(headers={"authorization": f"Bearer {TOKEN}"})
+        with pytest.raises(Exception, match="UNAUTHENTICATED|bearer token"):
+            triton.is_server_live()
+        triton.close()
+
 
 def test_token_and_mutual_tls_together(pki, tmp_path):
     flags = ("--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"], "--tls-client-ca", pki["ca.pem"],

@@ -32,6 +32,14 @@ class LimitExceeded(ValueError):
         super().__init__(f"{field}={value!r}: {message}")
 
 
+class NotFound(LookupError):
+    """A named thing the server does not have: a model, a version, a shared-memory region (NOT_FOUND)."""
+
+
+class AlreadyExists(ValueError):
+    """A name that is taken, e.g. a shared-memory region registered twice (ALREADY_EXISTS)."""
+
+
 class DeadlinePassed(Exception):
     """The call's deadline passed before the work started: skip it (DEADLINE_EXCEEDED)."""
 
@@ -55,6 +63,10 @@ def classify(exc: BaseException, request_id: str) -> Failure:
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.field)
     if isinstance(exc, (SpecError, TensorError)):
         return Failure(grpc.StatusCode.INVALID_ARGUMENT, str(exc), exc.field)
+    if isinstance(exc, NotFound):
+        return Failure(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, AlreadyExists):
+        return Failure(grpc.StatusCode.ALREADY_EXISTS, str(exc))
     if isinstance(exc, DeadlinePassed):
         return Failure(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the request was served")
     if isinstance(exc, Unsupported):

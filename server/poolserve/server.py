@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
           "seconds before the server asks a client to reconnect (GOAWAY), so clients re-resolve and "
           "reach new pods behind a headless Service (0: never)")
     _flag(parser, "default-backend", "auto", help_text="backend for requests that name none: auto, c or onnx")
+    _flag(parser, "model-repository", None,
+          help_text="JSON or YAML file of Open Inference Protocol models to serve beside the defaults "
+                    "(see poolserve/models.py)")
     _flag(parser, "metrics-port", 9464, int, "Prometheus metrics HTTP port (0: no metrics endpoint)")
     _flag(parser, "metrics-host", None, help_text="address of the metrics endpoint (default: --host)")
     _flag(parser, "grace", 10.0, float, "seconds in-flight calls get to finish at shutdown")
@@ -126,11 +129,17 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
+    from poolclient._proto.inference.grpc_service_pb2_grpc import \
+        add_GRPCInferenceServiceServicer_to_server as add_inference_servicer
     from poolclient._proto.poolserve.v1 import pooling_pb2_grpc
 
     from . import guard, security
     from .dispatch import Dispatcher
+    from .models import RepositoryError, load_repository
+    from .services.inference import SERVICE_NAME as INFERENCE_SERVICE_NAME
+    from .services.inference import InferenceServicer
     from .services.pooling import PoolingServicer, ServerFacts
+    from .shm import SharedMemoryRegistry
     from .services.scope import STATS
 
     try:
@@ -150,6 +159,19 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     except security.ConfigError as e:
         log.error("cannot start", extra={"fields": {"error": str(e)}})
         return EXIT_CONFIG
+    try:
+        models = load_repository(args.model_repository)
+        for m in models.values():
+            if m.backend and m.backend not in dispatcher.slots:
+                raise RepositoryError(f"model {m.name!r}: unknown backend {m.backend!r}; "
+                                      f"known: {', '.join(dispatcher.slots)}")
+    except RepositoryError as e:
+        log.error("cannot start", extra={"fields": {"error": str(e)}})
+        return EXIT_CONFIG
+    for m in models.values():  # served anyway: its requests answer FAILED_PRECONDITION, saying why
+        if m.backend and not dispatcher.slots[m.backend].available:
+            log.warning("model's backend is not available", extra={"fields": {
+                "model": m.name, "backend": m.backend, "reason": dispatcher.slots[m.backend].reason}})
     options = [
         ("grpc.max_receive_message_length", args.max_message_bytes),
         ("grpc.max_send_message_length", args.max_message_bytes),
@@ -164,12 +186,17 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
                          options=options, interceptors=interceptors,
                          maximum_concurrent_rpcs=args.max_concurrent_rpcs or None)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    for name in ("", SERVICE_NAME):
+    health_names = ("", SERVICE_NAME, INFERENCE_SERVICE_NAME)
+    for name in health_names:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)  # until ready
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     facts = ServerFacts(max_message_bytes=args.max_message_bytes, max_concurrent_rpcs=args.max_concurrent_rpcs,
                         worker_threads=args.threads, worker_index=index, workers=args.workers)
     pooling_pb2_grpc.add_PoolingServicer_to_server(PoolingServicer(dispatcher, facts), server)
+    # The Open Inference Protocol on the same port, over the same dispatcher
+    ready = threading.Event()  # its ServerReady: set while serving, cleared when draining
+    shm = SharedMemoryRegistry()
+    add_inference_servicer(InferenceServicer(dispatcher, models, shm, ready=ready.is_set), server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     address = f"{args.host}:{args.port}"
@@ -184,14 +211,15 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     if args.workers == 1 and args.metrics_port and not _serve_metrics(args):
         return EXIT_CONFIG
     server.start()
-    for name in ("", SERVICE_NAME):
+    for name in health_names:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    ready.set()
     backends = ",".join(b["name"] for b in dispatcher.describe()["backends"] if b["available"])
     log.info("serving", extra={"fields": {
         "address": f"{args.host}:{port}", "pid": os.getpid(), "worker": index, "tls": ("mutual" if args.tls_client_ca else bool(args.tls_cert)),
         "auth": bool(args.auth_token_file),
         "backends": backends, "default_backend": args.default_backend, "threads": args.threads,
-        "kernel_threads": args.kernel_threads}})
+        "kernel_threads": args.kernel_threads, "oip_models": len(models)}})
 
     next_summary = time.monotonic() + args.log_interval
     while not stop.wait(timeout=0.5):
@@ -204,8 +232,10 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     log.info("draining", extra={"fields": {"pid": os.getpid(), "drain_delay_s": args.drain_delay,
                                            "grace_s": args.grace}})
     health_servicer.enter_graceful_shutdown()  # every service NOT_SERVING, and it stays so
+    ready.clear()
     time.sleep(args.drain_delay)
     server.stop(args.grace).wait()
+    shm.close()
     log.info("stopped", extra={"fields": {"pid": os.getpid(), **STATS.take()}})
     return 0
 

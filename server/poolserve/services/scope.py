@@ -29,6 +29,7 @@ from ..errors import DeadlinePassed, classify, new_request_id, to_status
 
 log = logging.getLogger("poolserve.request")
 TEST_HOOKS = os.environ.get("POOLSERVE_TEST_HOOKS") == "1"
+STREAMING_RPCS = ("PoolStream", "ModelStreamInfer")  # their servicers record each item
 
 
 class Stats:
@@ -121,7 +122,7 @@ class Scope:
         if exc is None:
             left = self.context.time_remaining()
             code = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "OK"
-            if self.rpc != "PoolStream":  # stream items are recorded one by one
+            if self.rpc not in STREAMING_RPCS:  # stream items are recorded one by one
                 self.record(code, bytes_in=self.bytes_in, bytes_out=self.bytes_out)
             self.context.set_trailing_metadata(self.trailing())
             return False
