@@ -4,6 +4,7 @@
 #   make test-asan  the kernel tests against an AddressSanitizer + UBSan build of the kernels
 #   make bench      benchmarks; results under bench/results/
 #   make protos     regenerate the committed gRPC stubs (client/poolclient/_proto) from protos/
+#   make soak       a minute of steady load against a real server: no error, no memory growth
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ SOURCES := pyproject.toml setup.py $(wildcard kernels/*.c kernels/*.h kernels/*.
 ASAN_LIB := build/asan/libpoolkernels.so
 CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -DPOOL_NO_CLONES
 
-.PHONY: venv serve test test-py test-asan bench protos clean
+.PHONY: venv serve test test-py test-asan soak bench protos clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,11 @@ test-asan: $(STAMP) $(ASAN_LIB)
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PY) -m pytest -q -p no:cacheprovider -m kernels tests
+
+# `make test` runs the same test for a few seconds (POOLSERVE_SOAK_SECONDS defaults to 6).
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	POOLSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider -m soak tests
 
 # 127.0.0.1:50051, metrics on 127.0.0.1:9464; SERVE_ARGS adds flags (see `poolserve serve --help`)
 serve: $(STAMP)
