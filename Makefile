@@ -4,6 +4,8 @@
 #   make test-asan  the kernel tests against an AddressSanitizer + UBSan build of the kernels
 #   make bench      benchmarks; results under bench/results/
 #   make bench-onnx the ONNX backend's overhead over a bare session.run
+#   make protos     regenerate the committed gRPC stubs (client/poolclient/_proto) from protos/
+#   make soak       a minute of steady load against a real server: no error, no memory growth
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +16,7 @@ SOURCES := pyproject.toml setup.py $(wildcard kernels/*.c kernels/*.h kernels/*.
 ASAN_LIB := build/asan/libpoolkernels.so
 CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -DPOOL_NO_CLONES
 
-.PHONY: venv serve test test-py test-asan bench bench-onnx clean
+.PHONY: venv serve test test-py test-asan soak bench bench-onnx protos clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +25,7 @@ $(VENV)/bin/python:
 # Editable install: the package build compiles the kernels into server/poolserve/ and imports
 # resolve there.  Reinstalled whenever the build inputs change.
 $(STAMP): $(VENV)/bin/python $(SOURCES)
-	$(PIP) install -e '.[server,test]'
+	$(PIP) install -e '.[server,test,loadtest]'
 	@# PyTorch is an optional cross-check.  The CPU build is pinned by its local version so that
 	@# pip takes it from a local wheel directory where one exists and never pulls a CUDA build.
 	$(PIP) install 'torch==2.13.0+cpu' 2>/dev/null || echo "note: torch 2.13.0+cpu not available here; torch cross-checks will skip"
@@ -50,8 +52,19 @@ test-asan: $(STAMP) $(ASAN_LIB)
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PY) -m pytest -q -p no:cacheprovider -m kernels tests
 
+# `make test` runs the same test for a few seconds (POOLSERVE_SOAK_SECONDS defaults to 6).
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	POOLSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider -m soak tests
+
+# 127.0.0.1:50051, metrics on 127.0.0.1:9464; SERVE_ARGS adds flags (see `poolserve serve --help`)
 serve: $(STAMP)
 	$(VENV)/bin/poolserve serve $(SERVE_ARGS)
+
+# The stubs are committed (the client must not need grpcio-tools); tests/test_protos.py fails
+# when they differ from what this generates.
+protos: $(STAMP)
+	$(PY) protos/generate.py
 
 bench: $(STAMP)
 	$(PIP) install -e '.[bench]'

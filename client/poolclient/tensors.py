@@ -1,0 +1,104 @@
+"""numpy arrays <-> the wire's Tensor message, for the client and the server alike.
+
+One bytes field per tensor, little-endian, C order.  On the way in, ``np.frombuffer`` wraps the
+received bytes without a copy (read-only); on the way out one ``tobytes()`` is the floor, since
+protobuf takes no memoryview.  Decoding checks dtype, shape and byte length before anything
+looks at the data, so no later code ever sees a buffer whose size disagrees with its shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._proto.poolserve.v1 import pooling_pb2 as pb
+
+# wire dtype <-> numpy dtype name.  BFLOAT16 has no numpy dtype and no backend yet.
+NUMPY_BY_DTYPE = {
+    pb.FLOAT32: "float32",
+    pb.FLOAT64: "float64",
+    pb.FLOAT16: "float16",
+    pb.INT8: "int8",
+    pb.UINT8: "uint8",
+    pb.INT64: "int64",
+}
+DTYPE_BY_NUMPY = {name: code for code, name in NUMPY_BY_DTYPE.items()}
+
+LAYOUT_BY_NAME = {"channels_first": pb.CHANNELS_FIRST, "channels_last": pb.CHANNELS_LAST}
+NAME_BY_LAYOUT = {code: name for name, code in LAYOUT_BY_NAME.items()}
+
+
+class TensorError(ValueError):
+    """A Tensor message that does not describe a valid array.  ``field`` names the message
+    field (e.g. ``input.shape``), ``value`` the offending value."""
+
+    def __init__(self, field: str, value, message: str):
+        self.field = field
+        self.value = value
+        super().__init__(f"{field}={value!r}: {message}")
+
+
+def dtype_name(code: int) -> str:
+    """The wire dtype's name as the user knows it (FLOAT32, or the number if unknown)."""
+    try:
+        return pb.DType.Name(code)
+    except ValueError:
+        return str(code)
+
+
+def to_tensor(a: np.ndarray, layout: str = "channels_first") -> pb.Tensor:
+    """Encode an array: one copy into the message's bytes (little-endian, C order)."""
+    a = np.asarray(a)
+    if a.dtype.name not in DTYPE_BY_NUMPY:
+        raise TensorError("dtype", a.dtype.name, f"poolserve takes {', '.join(DTYPE_BY_NUMPY)}")
+    if layout not in LAYOUT_BY_NAME:
+        raise TensorError("layout", layout, f"must be one of {', '.join(LAYOUT_BY_NAME)}")
+    le = a.dtype.newbyteorder("<")
+    if a.dtype != le:
+        a = a.astype(le)
+    # tobytes() writes C order whatever the strides: the one copy protobuf requires anyway
+    return pb.Tensor(dtype=DTYPE_BY_NUMPY[a.dtype.name], shape=a.shape,
+                     layout=LAYOUT_BY_NAME[layout], data=a.tobytes(order="C"))
+
+
+def check_header(t: pb.Tensor, field: str, *, max_elements: int | None = None):
+    """Validate a tensor's dtype and shape; return (numpy dtype, shape).
+
+    Raises TensorError (an invalid tensor) or ``ElementLimit`` (valid, but over the limit).
+    """
+    if t.dtype not in NUMPY_BY_DTYPE:
+        known = ", ".join(pb.DType.Name(c) for c in NUMPY_BY_DTYPE)
+        raise TensorError(f"{field}.dtype", dtype_name(t.dtype), f"must be one of {known}")
+    if t.layout not in NAME_BY_LAYOUT:
+        raise TensorError(f"{field}.layout", t.layout, "must be CHANNELS_FIRST or CHANNELS_LAST")
+    shape = tuple(t.shape)
+    if not shape:
+        raise TensorError(f"{field}.shape", list(shape), "must not be empty")
+    if any(d < 1 for d in shape):
+        raise TensorError(f"{field}.shape", list(shape), "every dimension must be >= 1")
+    count = math.prod(shape)
+    if max_elements is not None and count > max_elements:
+        raise ElementLimit(f"{field}.shape", list(shape),
+                           f"{count} elements is over this server's limit of {max_elements}")
+    return np.dtype(NUMPY_BY_DTYPE[t.dtype]).newbyteorder("<"), shape
+
+
+class ElementLimit(TensorError):
+    """A well-formed tensor with more elements than the receiver accepts (RESOURCE_EXHAUSTED)."""
+
+
+def from_tensor(t: pb.Tensor, field: str = "tensor", *, max_elements: int | None = None) -> np.ndarray:
+    """Decode a tensor without copying its data: a read-only array over the message's bytes."""
+    dtype, shape = check_header(t, field, max_elements=max_elements)
+    data = t.data  # each read of a bytes field copies it: read it once
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) != expected:
+        raise TensorError(f"{field}.data", f"{len(data)} bytes",
+                          f"shape {list(shape)} of {dtype_name(t.dtype)} needs exactly {expected} bytes")
+    a = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return a if dtype.isnative else a.astype(dtype.newbyteorder("="))
+
+
+def layout_of(t: pb.Tensor) -> str:
+    return NAME_BY_LAYOUT.get(t.layout, "channels_first")

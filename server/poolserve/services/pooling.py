@@ -1,0 +1,127 @@
+"""The native API, poolserve.v1.Pooling: decode, hand to the dispatcher, encode.  Thin on purpose."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from poolclient._proto.poolserve.v1 import pooling_pb2 as pb
+from poolclient._proto.poolserve.v1 import pooling_pb2_grpc as pb_grpc
+from poolclient.tensors import DTYPE_BY_NUMPY
+
+from .. import __version__
+from ..dispatch import Dispatcher
+from ..spec import DTYPES_BY_MODE, MAX_SPATIAL_RANK, SpecError
+from .convert import ENUM_BY_MODE, from_tensor, layout_of, spec_from_proto, to_tensor
+from .scope import Scope
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What GetServerInfo reports beyond the dispatcher: set once by server.py."""
+
+    max_message_bytes: int
+    max_concurrent_rpcs: int
+    worker_threads: int
+    worker_index: int = 0
+    workers: int = 1
+
+
+class PoolingServicer(pb_grpc.PoolingServicer):
+    def __init__(self, dispatcher: Dispatcher, facts: ServerFacts):
+        self.dispatcher = dispatcher
+        self.facts = facts
+
+    def _decode(self, t: pb.Tensor, field: str):
+        return from_tensor(t, field, max_elements=self.dispatcher.max_elements)
+
+    def _forward(self, scope: Scope, request: pb.PoolRequest, spec, backend: str, provider: str,
+                 index: int | None = None):
+        """Run one PoolRequest with an already-built spec.
+
+        Returns (response, bytes in, bytes out, op, the backend that ran it)."""
+        field = "input" if index is None else f"requests[{index}].input"
+        if not request.HasField("input"):
+            raise SpecError(field, None, "is required")
+        x = self._decode(request.input, field)
+        scope.shape = x.shape
+        scope.check_deadline()
+        r = self.dispatcher.forward(spec, x, backend=backend, provider=provider)
+        out = pb.PoolResponse(output=to_tensor(r.output, spec.layout), backend=r.backend, provider=r.provider)
+        if r.indices is not None:
+            out.indices.CopyFrom(to_tensor(r.indices, spec.layout))
+        nbytes_out = r.output.nbytes + (r.indices.nbytes if r.indices is not None else 0)
+        return out, x.nbytes, nbytes_out, spec.mode, r.backend
+
+    def Pool(self, request, context):
+        with Scope("Pool", context) as s:
+            if not request.HasField("spec"):
+                raise SpecError("spec", None, "is required")
+            spec = spec_from_proto(request.spec, layout_of(request.input))
+            s.op = spec.mode
+            out, s.bytes_in, s.bytes_out, _, s.backend = self._forward(s, request, spec, request.spec.backend,
+                                                                       request.spec.provider)
+            return out
+
+    def PoolStream(self, request_iterator, context):
+        with Scope("PoolStream", context) as s:
+            spec, backend, provider = None, "", ""
+            for i, request in enumerate(request_iterator):
+                t0 = time.perf_counter()
+                try:
+                    if request.HasField("spec") or spec is None:
+                        if not request.HasField("spec"):
+                            raise SpecError(f"requests[{i}].spec", None, "is required on the first request")
+                        # the spec is parsed and validated once, then reused for later requests
+                        spec = spec_from_proto(request.spec, layout_of(request.input))
+                        backend, provider = request.spec.backend, request.spec.provider
+                        s.op = spec.mode
+                    elif layout_of(request.input) != spec.layout:
+                        spec = spec.replace(layout=layout_of(request.input))
+                    # `backend` stays what the caller asked for ("" = policy), not what ran last
+                    out, nin, nout, op, ran = self._forward(s, request, spec, backend, provider, index=i)
+                except SpecError as e:
+                    raise SpecError(e.field if e.field.startswith("requests[") else f"requests[{i}].{e.field}",
+                                    e.value, str(e).split(": ", 1)[-1]) from None
+                s.record("OK", op=op, backend=ran, bytes_in=nin, bytes_out=nout, t0=t0)
+                yield out
+
+    def PoolBackward(self, request, context):
+        with Scope("PoolBackward", context) as s:
+            if not request.HasField("grad_output"):
+                raise SpecError("grad_output", None, "is required")
+            if not request.HasField("spec"):
+                raise SpecError("spec", None, "is required")
+            layout = layout_of(request.grad_output)
+            spec = spec_from_proto(request.spec, layout)
+            s.op = spec.mode
+            dy = self._decode(request.grad_output, "grad_output")
+            x = self._decode(request.input, "input") if request.HasField("input") else None
+            ind = self._decode(request.indices, "indices") if request.HasField("indices") else None
+            for name, t in (("input", request.input if x is not None else None),
+                            ("indices", request.indices if ind is not None else None)):
+                if t is not None and layout_of(t) != layout:
+                    raise SpecError(f"{name}.layout", pb.Layout.Name(t.layout), "must equal grad_output's layout")
+            s.shape = tuple(request.input_shape) or (x.shape if x is not None else ())
+            s.bytes_in = dy.nbytes + (x.nbytes if x is not None else 0) + (ind.nbytes if ind is not None else 0)
+            s.check_deadline()
+            r = self.dispatcher.backward(spec, tuple(request.input_shape), dy, x=x, indices=ind,
+                                         backend=request.spec.backend, provider=request.spec.provider)
+            s.backend, s.bytes_out = r.backend, r.output.nbytes
+            return pb.PoolBackwardResponse(grad_input=to_tensor(r.output, layout), backend=r.backend,
+                                           provider=r.provider)
+
+    def GetServerInfo(self, request, context):
+        with Scope("GetServerInfo", context):
+            d = self.dispatcher.describe()
+            f = self.facts
+            return pb.ServerInfo(
+                version=__version__, pid=os.getpid(), worker_index=f.worker_index, workers=f.workers,
+                default_backend=d["default_backend"],
+                backends=[pb.BackendInfo(**b) for b in d["backends"]],
+                dtypes=[pb.ModeDTypes(mode=ENUM_BY_MODE[m], dtypes=[DTYPE_BY_NUMPY[t] for t in ts])
+                        for m, ts in DTYPES_BY_MODE.items()],
+                limits=pb.Limits(max_message_bytes=f.max_message_bytes, max_elements=d["max_elements"],
+                                 max_concurrent_rpcs=f.max_concurrent_rpcs, max_spatial_rank=MAX_SPATIAL_RANK),
+                worker_threads=f.worker_threads, cpu_count=os.cpu_count() or 0)

@@ -1,0 +1,151 @@
+"""The server's life: health and reflection, graceful shutdown, --workers N (spread, restart,
+no lost request), TLS, and the `poolserve health` probe."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import poolclient
+from poolclient import TLS, PoolClient
+from poolserve import reference
+from poolserve.spec import PoolSpec
+
+from serving import ServerProcess, health_status, in_flight, wait_for
+
+X = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+Y = reference.forward(PoolSpec("max", (2, 2)), X)[0]
+SLOW = [("poolserve-test-sleep-ms", "2500")]
+
+
+def test_health_reflection_and_probe():
+    with ServerProcess() as srv:
+        assert health_status(srv.target) == "SERVING"
+        assert health_status(srv.target, "poolserve.v1.Pooling") == "SERVING"
+        assert health_status(srv.target, "no.such.Service") == "NOT_FOUND"
+        with grpc.insecure_channel(srv.target) as ch:
+            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+            reqs = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol="poolserve.v1.Pooling")]
+            listing, files = list(stub.ServerReflectionInfo(iter(reqs), timeout=10))
+        names = {s.name for s in listing.list_services_response.service}
+        assert {"poolserve.v1.Pooling", "grpc.health.v1.Health",
+                "grpc.reflection.v1alpha.ServerReflection"} <= names
+        from google.protobuf import descriptor_pb2
+        fd = descriptor_pb2.FileDescriptorProto.FromString(files.file_descriptor_response.file_descriptor_proto[0])
+        assert fd.package == "poolserve.v1" and [m.name for m in fd.service[0].method] == \
+            ["Pool", "PoolBackward", "PoolStream", "GetServerInfo"]
+        probe = [sys.executable, "-m", "poolserve.app", "health", "--target", srv.target]
+        assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    # the server is gone: the probe fails
+    assert subprocess.run(probe + ["--timeout", "0.5"], capture_output=True, timeout=30).returncode == 1
+
+
+def test_sigterm_drains_a_slow_request():
+    srv = ServerProcess("--drain-delay", "1.5", "--grace", "10", metrics=True).start()
+    try:
+        result = {}
+        with PoolClient(srv.target, retries=0) as c:
+            t = threading.Thread(target=lambda: result.update(y=c.max_pool(X, 2, metadata=SLOW)))
+            t.start()
+            wait_for(lambda: in_flight(srv.metrics_port) >= 1, 20, "the slow call to reach the server")
+            srv.signal(signal.SIGTERM)
+            # NOT_SERVING first, while the slow call is still running
+            wait_for(lambda: health_status(srv.target) == "NOT_SERVING", 10, "health NOT_SERVING")
+            assert t.is_alive()
+            t.join(30)
+        np.testing.assert_array_equal(result["y"], Y)  # it finished, and right
+        assert srv.proc.wait(30) == 0
+        assert "draining" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_workers_spread_restart_and_lose_nothing():
+    # connections are also aged out every 2 s (GOAWAY): calls carry on over new ones
+    with ServerProcess("--workers", "2", "--max-connection-age", "2", metrics=True, startup_s=90) as srv:
+        workers = wait_for(lambda: srv.children() if len(srv.children()) == 2 else None, 30, "two workers")
+        # health answers as soon as one worker serves: wait until both listen
+        wait_for(lambda: srv.log().count("msg=serving") == 2, 60, "both workers listening")
+        # several connections reach both processes (the kernel spreads connections, not calls)
+        pid_of = {}
+        for _ in range(40):
+            c = PoolClient(srv.target, retries=4, options=[("grpc.use_local_subchannel_pool", 1)])
+            pid_of[c] = c.server_info().pid
+            if len(pid_of) >= 6 and set(pid_of.values()) == workers:
+                break
+        assert set(pid_of.values()) == workers, (pid_of, workers)
+        clients = list(pid_of)
+        victim = pid_of[clients[0]]  # a worker that holds connections
+
+        # kill it while calls are in flight: with retries, every call still succeeds
+        failures, done = [], []
+
+        def load(c):
+            for _ in range(15):
+                try:
+                    np.testing.assert_array_equal(c.max_pool(X, 2, metadata=[("poolserve-test-sleep-ms", "50")]), Y)
+                    done.append(1)
+                except Exception as e:  # noqa: BLE001 -- collected and asserted below
+                    failures.append(e)
+        threads = [threading.Thread(target=load, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(done) >= 10, 60, "calls under way")
+        os.kill(victim, signal.SIGKILL)
+        for t in threads:
+            t.join(120)
+        assert not failures, failures[:3]
+        assert len(done) == 15 * len(threads)
+        # the victim's clients were carried over to a live worker
+        for c in clients:
+            assert c.server_info().pid != victim
+            c.close()
+
+        # the parent started a new worker in its place, and it serves
+        new = wait_for(lambda: (srv.children() - workers) if len(srv.children()) == 2 else None, 30,
+                       "a replacement worker")
+        assert victim not in srv.children() and len(new) == 1
+        assert health_status(srv.target) == "SERVING"
+        assert "worker died; restarting" in srv.log()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5).read().decode()
+        assert "poolserve_requests_total" in text  # the parent serves the workers' sum
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_tls(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    srv = ServerProcess("--tls-cert", str(cert), "--tls-key", str(key))
+    # the helper's plaintext health poll cannot see a TLS server: wait for the log line instead
+    srv.start = lambda: srv  # noqa: E731
+    import os
+    import tempfile
+    fd, srv.log_path = tempfile.mkstemp(suffix=".log")
+    srv._log = os.fdopen(fd, "w")
+    srv.proc = subprocess.Popen([sys.executable, "-m", "poolserve.app", "serve", *srv.args], stdout=srv._log,
+                                stderr=subprocess.STDOUT, env=srv.env)
+    try:
+        wait_for(lambda: "msg=serving" in srv.log(), 60, "the TLS server")
+        with PoolClient(srv.target, tls=TLS(ca=str(cert))) as c:
+            np.testing.assert_array_equal(c.max_pool(X, 2), Y)
+        with PoolClient(srv.target, retries=0, timeout=5) as plain:
+            with pytest.raises(poolclient.Unavailable):
+                plain.max_pool(X, 2)
+        probe = [sys.executable, "-m", "poolserve.app", "health", "--target", srv.target, "--tls-ca", str(cert)]
+        assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    finally:
+        assert srv.stop() == 0
+        os.unlink(srv.log_path)
