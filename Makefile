@@ -3,7 +3,9 @@
 #   make test       install with the test extra and run the whole suite (and the sanitizer run)
 #   make test-asan  the kernel tests against an AddressSanitizer + UBSan build of the kernels
 #   make bench      benchmarks; results under bench/results/
+#   make bench-onnx the ONNX backend's overhead over a bare session.run
 #   make protos     regenerate the committed gRPC stubs (client/poolclient/_proto) from protos/
+#   make soak       a minute of steady load against a real server: no error, no memory growth
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +16,7 @@ SOURCES := pyproject.toml setup.py $(wildcard kernels/*.c kernels/*.h kernels/*.
 ASAN_LIB := build/asan/libpoolkernels.so
 CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -DPOOL_NO_CLONES
 
-.PHONY: venv serve test test-py test-asan bench protos clean
+.PHONY: venv serve test test-py test-asan soak bench bench-onnx protos clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +52,11 @@ test-asan: $(STAMP) $(ASAN_LIB)
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PY) -m pytest -q -p no:cacheprovider -m kernels tests
 
+# `make test` runs the same test for a few seconds (POOLSERVE_SOAK_SECONDS defaults to 6).
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	POOLSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider -m soak tests
+
 # 127.0.0.1:50051, metrics on 127.0.0.1:9464; SERVE_ARGS adds flags (see `poolserve serve --help`)
 serve: $(STAMP)
 	$(VENV)/bin/poolserve serve $(SERVE_ARGS)
@@ -62,6 +69,10 @@ protos: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -e '.[bench]'
 	$(PY) bench/run.py
+
+# The ONNX backend's per-call overhead over a bare InferenceSession.run (bench/results/onnx_overhead.json)
+bench-onnx: $(STAMP)
+	$(PY) bench/onnx_overhead.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info server/poolserve/*.so .hypothesis .pytest_cache

@@ -57,6 +57,14 @@ def test_nan_propagates_with_the_first_nan_index(data):
         assert np.isnan(reference.forward(PoolSpec(mode, (k,)), x.reshape(1, 1, k))[0].item())
 
 
+def test_dilated_window_over_begin_padding():
+    # k=2, dilation 2, pad 1, stride 3: window 0 taps -1 (padding) and 1; window 1 taps 2 and 4
+    x = np.arange(1.0, 7.0).reshape(1, 1, 6)
+    spec = PoolSpec("avg", (2,), strides=(3,), dilations=(2,), pads=(1, 0))
+    y, _ = reference.forward(spec, x)
+    np.testing.assert_array_equal(y[0, 0], [x[0, 0, 1], (x[0, 0, 2] + x[0, 0, 4]) / 2])
+
+
 def test_padding_is_minus_inf_for_max_and_zero_for_lp():
     x = np.full((1, 1, 3), -5.0)
     y, _ = reference.forward(PoolSpec("max", (2,), strides=(1,), pads=(1, 1)), x)
@@ -180,8 +188,10 @@ def test_avg_and_lp_match_onnx_reference_evaluator(data):
     d = data.draw(st.lists(st.integers(1, 2), min_size=rank, max_size=rank))
     auto_pad = data.draw(st.sampled_from(["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
     pads = [data.draw(st.integers(0, kk - 1)) for kk in k + k] if auto_pad == "NOTSET" else []
-    if auto_pad != "NOTSET":
-        d = [1] * rank  # the evaluator ignores dilations when it sizes auto_pad (shapes: test_spec)
+    if auto_pad != "NOTSET" or any(pads):
+        # the evaluator ignores dilations when it sizes auto_pad (shapes: test_spec), and shifts
+        # dilated windows that start in the begin padding (test_dilated_window_over_begin_padding)
+        d = [1] * rank
     ceil = mode == "avg" and auto_pad == "NOTSET" and data.draw(st.booleans())
     size = [data.draw(st.integers(dd * (kk - 1) + 1, dd * (kk - 1) + 4)) for kk, dd in zip(k, d)]
     if auto_pad.startswith("SAME"):

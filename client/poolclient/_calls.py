@@ -3,6 +3,7 @@ channel options both use."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 
@@ -58,24 +59,85 @@ def credentials(tls) -> tuple[grpc.ChannelCredentials | None, list]:
     return creds, opts
 
 
-def channel_options(retries: int, max_message_bytes: int, extra=()) -> list:
-    """Message limits, and retries of UNAVAILABLE by gRPC's own retry policy (service config):
-    the channel replays a call that failed before any response, on a fresh connection."""
+def channel_target(target) -> str:
+    """A gRPC target from one target string or several "host:port" addresses.
+
+    Several addresses become one ``ipv4:``/``ipv6:`` target whose addresses the channel's load
+    balancing policy spreads calls over.  gRPC takes such lists of IP addresses only; several
+    replicas behind one name are "dns:///name:port" (e.g. a Kubernetes headless Service), which
+    the channel resolves to all their addresses, and re-resolves when a connection drops.
+    """
+    if isinstance(target, str):
+        return target
+    addresses = [str(t).strip() for t in target]
+    if not addresses:
+        raise ValueError("no target: give a 'host:port', a 'dns:///name:port' or a list of IP addresses")
+    if len(addresses) == 1:
+        return addresses[0]
+    v6 = [a.startswith("[") for a in addresses]
+    for a in addresses:
+        host = a[1:a.find("]")] if a.startswith("[") else a.rpartition(":")[0]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"several targets must be IP addresses with ports, not {a!r}: for replicas behind "
+                             f"one DNS name use a single 'dns:///name:port' target") from None
+    if any(v6) and not all(v6):
+        raise ValueError("several targets must all be IPv4 or all IPv6 (gRPC's ipv4:/ipv6: targets)")
+    return ("ipv6:" if v6[0] else "ipv4:") + ",".join(addresses)
+
+
+def default_lb_policy(target: str) -> str:
+    """round_robin where the target names several servers (an ipv4:/ipv6: list, or a dns:///
+    name such as a Kubernetes headless Service), else gRPC's default, pick_first.
+
+    Why not round_robin everywhere: with one address (say, one host whose --workers share a
+    port) a dropped connection leaves round_robin's only subchannel in reconnect backoff, so
+    the client's quick retries all fail; pick_first reconnects on the next call and lands on a
+    live process at once.
+    """
+    if target.startswith("dns:"):
+        return "round_robin"
+    if target.startswith(("ipv4:", "ipv6:")) and "," in target:
+        return "round_robin"
+    return "pick_first"
+
+
+def auth_metadata(token: str | None) -> tuple:
+    """The bearer token header the server's --auth-token-file checks."""
+    if not token:
+        return ()
+    if any(c in token for c in "\r\n") or token != token.strip():
+        raise ValueError("a bearer token cannot hold whitespace at its ends or line breaks")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def channel_options(retries: int, max_message_bytes: int, extra=(), lb_policy: str = "pick_first") -> list:
+    """Message limits; the load balancing policy over the target's addresses; and retries of
+    UNAVAILABLE by gRPC's own retry policy, so that a call that failed before any response
+    (a replica that went away, a connection refused) is replayed, on another address where
+    there is one.
+
+    round_robin keeps a connection to every address of the target and spreads calls over
+    the ready ones; pick_first sends every call to the first address that connects.
+    """
     opts = [("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes)]
+    config: dict = {"loadBalancingConfig": [{lb_policy: {}}]}
     if retries > 0:
-        config = {"methodConfig": [{
+        config["methodConfig"] = [{
             "name": [{"service": SERVICE}],
             "retryPolicy": {
                 "maxAttempts": min(5, retries + 1),  # gRPC caps attempts at 5
                 "initialBackoff": "0.05s", "maxBackoff": "1s", "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"]}}]}
-        opts += [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config)),
+                "retryableStatusCodes": ["UNAVAILABLE"]}}]
+        opts += [("grpc.enable_retries", 1),
                  # a call is replayable only while its request fits the retry buffer (default 256 KiB)
                  ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
                  ("grpc.retry_buffer_size", max_message_bytes)]
     else:
         opts.append(("grpc.enable_retries", 0))
+    opts.append(("grpc.service_config", json.dumps(config)))
     return opts + list(extra)
 
 

@@ -25,10 +25,14 @@ class AsyncPoolClient:
 
     def __init__(self, target: str = calls.DEFAULT_TARGET, *, timeout: float | None = 60.0, tls=None,
                  retries: int = 3, max_message_bytes: int = calls.DEFAULT_MAX_MESSAGE_BYTES,
-                 options=(), metadata=(), chunk_threshold: int | None = calls.DEFAULT_CHUNK_THRESHOLD,
+                 options=(), metadata=(), token: str | None = None, lb_policy: str | None = None,
+                 chunk_threshold: int | None = calls.DEFAULT_CHUNK_THRESHOLD,
                  chunk_bytes: int = calls.DEFAULT_CHUNK_BYTES):
         creds, tls_opts = calls.credentials(tls)
-        opts = calls.channel_options(retries, max_message_bytes, list(options) + tls_opts)
+        target = calls.channel_target(target)
+        opts = calls.channel_options(retries, max_message_bytes, list(options) + tls_opts,
+                                     lb_policy or calls.default_lb_policy(target))
+        metadata = calls.auth_metadata(token) + tuple(metadata)
         self._channel = (grpc.aio.secure_channel(target, creds, options=opts) if creds
                          else grpc.aio.insecure_channel(target, options=opts))
         self._stub = pb_grpc.PoolingStub(self._channel)

@@ -30,13 +30,25 @@ def _connection_args(parser):
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default %(default)s)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system roots, or --tls-ca)")
     parser.add_argument("--tls-ca", help="PEM root certificates to trust")
+    parser.add_argument("--tls-cert", help="PEM client certificate, for a server that wants mutual TLS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--token-file", default=os.environ.get("POOLSERVE_TOKEN_FILE"),
+                        help="file holding the bearer token for a server with --auth-token-file "
+                             "[env POOLSERVE_TOKEN_FILE] (a file, so the token is not in `ps`)")
 
 
 def _client(args) -> PoolClient:
     from . import TLS
 
-    tls = TLS(ca=args.tls_ca) if args.tls_ca else (True if args.tls else None)
-    return PoolClient(args.target, timeout=args.timeout, tls=tls)
+    if args.tls_ca or args.tls_cert:
+        tls = TLS(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    else:
+        tls = True if args.tls else None
+    token = None
+    if args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    return PoolClient(args.target, timeout=args.timeout, tls=tls, token=token)
 
 
 def _add_pool(sub):

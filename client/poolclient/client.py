@@ -24,7 +24,8 @@ from .tensors import from_tensor
 class PoolClient:
     """A connection to a poolserve server.
 
-    target:    "host:port" (any gRPC target: "dns:///name:port", "ipv4:a:p,b:p", ...).
+    target:    "host:port" (any gRPC target: "dns:///name:port", "ipv4:a:p,b:p", ...), or a list
+               of "ip:port" addresses: calls are spread over all of the target's addresses.
     timeout:   seconds per call (a deadline); None waits indefinitely.
     tls:       None/False plaintext; True system roots; a :class:`poolclient.TLS`; or
                grpc.ChannelCredentials.
@@ -33,6 +34,11 @@ class PoolClient:
     max_message_bytes: the largest message sent or received.
     options:   more grpc channel options, e.g. [("grpc.lb_policy_name", "round_robin")].
     metadata:  sent with every call, e.g. [("x-request-id", "...")].
+    token:     a bearer token for a server started with --auth-token-file (sent as
+               "authorization: Bearer ..."; use TLS, or it crosses the network in the clear).
+    lb_policy: how calls are spread over the target's addresses: "round_robin" (the default
+               for a list of addresses or a "dns:///" name: every replica gets a share) or
+               "pick_first" (the default for one "host:port": one connection).
     chunk_threshold: inputs of at least this many bytes are sent with PoolChunked, as a stream of
                chunk_bytes pieces, and answered in pieces: faster than one big message from a few
                MiB up (see README, "Service performance").  None: always one message (Pool).
@@ -40,10 +46,14 @@ class PoolClient:
 
     def __init__(self, target: str = calls.DEFAULT_TARGET, *, timeout: float | None = 60.0, tls=None,
                  retries: int = 3, max_message_bytes: int = calls.DEFAULT_MAX_MESSAGE_BYTES,
-                 options=(), metadata=(), chunk_threshold: int | None = calls.DEFAULT_CHUNK_THRESHOLD,
+                 options=(), metadata=(), token: str | None = None, lb_policy: str | None = None,
+                 chunk_threshold: int | None = calls.DEFAULT_CHUNK_THRESHOLD,
                  chunk_bytes: int = calls.DEFAULT_CHUNK_BYTES):
         creds, tls_opts = calls.credentials(tls)
-        opts = calls.channel_options(retries, max_message_bytes, list(options) + tls_opts)
+        target = calls.channel_target(target)
+        opts = calls.channel_options(retries, max_message_bytes, list(options) + tls_opts,
+                                     lb_policy or calls.default_lb_policy(target))
+        metadata = calls.auth_metadata(token) + tuple(metadata)
         self._channel = (grpc.secure_channel(target, creds, options=opts) if creds
                          else grpc.insecure_channel(target, options=opts))
         self._stub = pb_grpc.PoolingStub(self._channel)

@@ -21,17 +21,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service", default="",
                         help='service to ask about: "" (the whole server, default) or poolserve.v1.Pooling')
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds (default %(default)s)")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--tls-ca", help="PEM root certificates for --tls (default: the system's)")
+    # TLS settings also come from POOLSERVE_HEALTH_* variables, so that a container's fixed
+    # HEALTHCHECK command works against a TLS server by setting the environment alone.
+    env = os.environ.get
+    parser.add_argument("--tls", action="store_true", default=env("POOLSERVE_HEALTH_TLS") == "1",
+                        help="connect with TLS [env POOLSERVE_HEALTH_TLS=1]")
+    parser.add_argument("--tls-ca", default=env("POOLSERVE_HEALTH_TLS_CA"),
+                        help="PEM root certificates for --tls (default: the system's) [env POOLSERVE_HEALTH_TLS_CA]")
+    parser.add_argument("--tls-cert", default=env("POOLSERVE_HEALTH_TLS_CERT"),
+                        help="PEM client certificate, for a server that wants mutual TLS [env POOLSERVE_HEALTH_TLS_CERT]")
+    parser.add_argument("--tls-key", default=env("POOLSERVE_HEALTH_TLS_KEY"),
+                        help="PEM private key of --tls-cert [env POOLSERVE_HEALTH_TLS_KEY]")
+    parser.add_argument("--server-name", default=env("POOLSERVE_HEALTH_SERVER_NAME"),
+                        help="name to check the server's certificate against (default: the target's host) "
+                             "[env POOLSERVE_HEALTH_SERVER_NAME]")
 
 
 def run(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    if args.tls or args.tls_ca:
-        ca = open(args.tls_ca, "rb").read() if args.tls_ca else None
-        channel = grpc.secure_channel(args.target, grpc.ssl_channel_credentials(ca))
+    if args.tls or args.tls_ca or args.tls_cert:
+        def pem(path):
+            with open(path, "rb") as f:
+                return f.read()
+
+        creds = grpc.ssl_channel_credentials(pem(args.tls_ca) if args.tls_ca else None,
+                                             pem(args.tls_key) if args.tls_key else None,
+                                             pem(args.tls_cert) if args.tls_cert else None)
+        options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+        channel = grpc.secure_channel(args.target, creds, options=options)
     else:
         channel = grpc.insecure_channel(args.target)
     with channel:

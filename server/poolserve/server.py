@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "port", 50051, int, "gRPC port (0: any free port, one worker only)")
     _flag(parser, "tls-cert", None, help_text="PEM certificate chain: serve TLS (with --tls-key)")
     _flag(parser, "tls-key", None, help_text="PEM private key of --tls-cert")
+    _flag(parser, "tls-client-ca", None,
+          help_text="PEM CA certificates: mutual TLS, clients must present a certificate they signed")
+    _flag(parser, "auth-token-file", None,
+          help_text="file of bearer tokens, one a line: calls must send 'authorization: Bearer <token>' "
+                    "(health stays open)")
     _flag(parser, "workers", 1, int, "worker processes sharing the port (SO_REUSEPORT), supervised")
     _flag(parser, "threads", 8, int, "gRPC handler threads per worker")
     _flag(parser, "kernel-threads", 0, int, "threads one request may use in a backend (0: CPUs / workers)")
@@ -104,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         log.error("--tls-cert and --tls-key go together")
         return EXIT_CONFIG
+    if args.tls_client_ca and not args.tls_cert:
+        log.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        return EXIT_CONFIG
     if args.workers == 1:
         return serve_worker(args, index=0, reuse_port=False)
     return supervise(args)
@@ -128,6 +136,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
         add_GRPCInferenceServiceServicer_to_server as add_inference_servicer
     from poolclient._proto.poolserve.v1 import pooling_pb2_grpc
 
+    from . import guard, security
     from .dispatch import Dispatcher
     from .policy import PolicyTable
     from .models import RepositoryError, load_repository
@@ -142,6 +151,16 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
                                 max_elements=args.max_elements, policy=PolicyTable.load(args.backend_policy),
                                 max_result_bytes=args.max_message_bytes - 64 * 1024)  # room for the rest
     except ValueError as e:
+        log.error("cannot start", extra={"fields": {"error": str(e)}})
+        return EXIT_CONFIG
+    try:
+        # read before binding: a bad certificate or token file stops start-up, never a call
+        creds = security.server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+        # the token check first: an unauthenticated caller's bytes are never parsed
+        interceptors = ([security.BearerTokenInterceptor(security.read_tokens(args.auth_token_file))]
+                        if args.auth_token_file else [])
+        interceptors.append(guard.MalformedRequestInterceptor())
+    except security.ConfigError as e:
         log.error("cannot start", extra={"fields": {"error": str(e)}})
         return EXIT_CONFIG
     try:
@@ -168,7 +187,8 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
                     # calls in flight on an aged connection get as long as a shutdown gives them
                     ("grpc.max_connection_age_grace_ms", int(args.grace * 1000))]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads, thread_name_prefix="rpc"),
-                         options=options, maximum_concurrent_rpcs=args.max_concurrent_rpcs or None)
+                         options=options, interceptors=interceptors,
+                         maximum_concurrent_rpcs=args.max_concurrent_rpcs or None)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_names = ("", SERVICE_NAME, INFERENCE_SERVICE_NAME)
     for name in health_names:
@@ -185,9 +205,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
 
     address = f"{args.host}:{args.port}"
     try:
-        if args.tls_cert:
-            with open(args.tls_key, "rb") as k, open(args.tls_cert, "rb") as c:
-                creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        if creds is not None:
             port = server.add_secure_port(address, creds)
         else:
             port = server.add_insecure_port(address)
@@ -202,7 +220,8 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     ready.set()
     backends = ",".join(b["name"] for b in dispatcher.describe()["backends"] if b["available"])
     log.info("serving", extra={"fields": {
-        "address": f"{args.host}:{port}", "pid": os.getpid(), "worker": index, "tls": bool(args.tls_cert),
+        "address": f"{args.host}:{port}", "pid": os.getpid(), "worker": index, "tls": ("mutual" if args.tls_client_ca else bool(args.tls_cert)),
+        "auth": bool(args.auth_token_file),
         "backends": backends, "default_backend": args.default_backend, "threads": args.threads,
         "kernel_threads": args.kernel_threads, "oip_models": len(models)}})
 
