@@ -16,7 +16,7 @@ free_port() { $BIN/python -c 'import socket;s=socket.socket();s.bind(("127.0.0.1
 
 serve() {  # serve <port> [flags...]: start a server, wait until healthy
   local port=$1; shift
-  $BIN/poolserve serve --port "$port" --metrics-port 0 --log-level warning "$@" > "$OUT/server-$port.log" 2>&1 &
+  $BIN/poolserve serve --port "$port" --metrics-port 0 --log-level warning "$@" > "${TMPDIR:-/tmp}/poolserve-bench-$port.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 150); do $BIN/poolserve health --target "127.0.0.1:$port" >/dev/null 2>&1 && return 0; sleep 0.2; done
   echo "server on $port did not start" >&2; return 1
