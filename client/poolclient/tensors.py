@@ -113,7 +113,7 @@ def join_chunks(chunks, sizes) -> list[memoryview]:
     Returns one memoryview per size, over one buffer allocated up front.  Raises TensorError when
     the chunks add up to more or fewer bytes than the sizes."""
     total = sum(sizes)
-    buf = bytearray(total)
+    buf = np.empty(total, np.uint8)  # no zero-fill: every byte is written below or refused
     view = memoryview(buf)
     filled = 0
     for chunk in chunks:

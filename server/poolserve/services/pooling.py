@@ -11,16 +11,15 @@ import numpy as np
 
 from poolclient._proto.poolserve.v1 import pooling_pb2 as pb
 from poolclient._proto.poolserve.v1 import pooling_pb2_grpc as pb_grpc
-from poolclient.tensors import DTYPE_BY_NUMPY
+from poolclient.tensors import (DTYPE_BY_NUMPY, TensorError, array_chunks, check_header, fill_tensor,
+                                tensor_header)
 
 from .. import __version__
 from ..dispatch import Dispatcher
+from ..errors import LimitExceeded
 from ..spec import DTYPES_BY_MODE, MAX_SPATIAL_RANK, SpecError
 from .convert import ENUM_BY_MODE, from_tensor, layout_of, spec_from_proto
 from .scope import Scope
-
-from poolclient.tensors import TensorError, array_chunks, check_header, fill_tensor, tensor_header
-from ..errors import LimitExceeded
 
 # PoolChunked answers in pieces of this size: big enough that the per-message cost is small, small
 # enough that protobuf never handles one large bytes field (DESIGN.md: 1 MiB chunks ~4x faster
@@ -126,7 +125,8 @@ class PoolingServicer(pb_grpc.PoolingServicer):
                                     f"message limit of {self.facts.max_message_bytes}")
             backend, provider = head.spec.backend, head.spec.provider
             self.dispatcher.check_forward(spec, shape, dtype, backend=backend, provider=provider)
-            buf = bytearray(expected)
+            # np.empty, not bytearray: no zero-fill of up to 256 MiB that the chunks overwrite anyway
+            buf = np.empty(expected, np.uint8)
             view = memoryview(buf)
             filled = 0
             for i, msg in enumerate(it, start=1):
@@ -142,7 +142,7 @@ class PoolingServicer(pb_grpc.PoolingServicer):
             if filled != expected:
                 raise TensorError("input.data", f"{filled} bytes", f"the stream ended before the {expected} bytes "
                                   f"that shape {list(shape)} of {dtype.name} declares")
-            x = np.frombuffer(buf, dtype=dtype).reshape(shape)
+            x = buf.view(dtype).reshape(shape)
             if not dtype.isnative:
                 x = x.astype(dtype.newbyteorder("="))
             s.bytes_in = expected
