@@ -134,6 +134,67 @@ static int covering_outputs(const pool_geom *g, int a, int64_t t, int64_t *o)
     return n;
 }
 
+/* Which fast path a call takes.  The fast paths cover float32/float64/float16 for max and avg
+ * (int8/uint8 for max), forward; float32/float64 backward.  Lp always runs the generic kernels. */
+enum pool_path {
+    PATH_GENERIC, PATH_CF_ROWS_K2, PATH_CF_ROWS_K3, PATH_CL, PATH_GLOBAL_CF,
+    PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL
+};
+static const char *const PATH_NAMES[] = {
+    "generic", "cf_rows_k2", "cf_rows_k3", "cl", "global_cf",
+    "max_back", "avg_back_k2", "avg_back_k3", "avg_back_cl"
+};
+
+static int forward_path(const pool_desc *d, const pool_geom *g)
+{
+    if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;
+    if (d->layout == POOL_CHANNELS_LAST) return PATH_CL;
+    if (is_global(g)) return PATH_GLOBAL_CF;
+    if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_CF_ROWS_K2 : PATH_CF_ROWS_K3;
+    return PATH_GENERIC;
+}
+
+/* Work items of a forward path: output rows, output positions x channel blocks, or planes. */
+static int64_t forward_items(const pool_geom *g, int path)
+{
+    switch (path) {
+    case PATH_CF_ROWS_K2:
+    case PATH_CF_ROWS_K3: return g->batch * g->channels * g->out[0] * g->out[1];
+    case PATH_CL: return g->batch * g->out_plane_size * ((g->channels + COLS - 1) / COLS);
+    default: return g->batch * g->channels;
+    }
+}
+
+static int backward_path(const pool_desc *d, const pool_geom *g)
+{
+    /* float16 gradients are summed in a float32 scratch plane: the generic path */
+    if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP || d->dtype == POOL_F16) return PATH_GENERIC;
+    if (d->mode == POOL_MAX) return PATH_MAX_BACK;
+    if (d->layout == POOL_CHANNELS_LAST) return PATH_AVG_BACK_CL;
+    if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3;
+    return PATH_GENERIC;
+}
+
+/* Channels-last backward splits the channels when there are fewer images than threads. */
+static int64_t backward_channel_block(const pool_desc *d, const pool_geom *g)
+{
+    if (d->layout == POOL_CHANNELS_FIRST || g->batch >= d->nthreads) return g->channels;
+    int64_t cb = (g->channels + d->nthreads - 1) / d->nthreads;
+    return (cb + 15) / 16 * 16;
+}
+
+/* Work items of a backward path.  es == 1 means contiguous planes: channels-first, or
+ * channels-last with one channel (the same memory). */
+static int64_t backward_items(const pool_geom *g, int path, int64_t cblock)
+{
+    switch (path) {
+    case PATH_MAX_BACK:
+        return g->es == 1 ? g->batch * g->channels : g->batch * ((g->channels + cblock - 1) / cblock);
+    case PATH_AVG_BACK_CL: return g->batch * ((g->channels + cblock - 1) / cblock);
+    default: return g->batch * g->channels * g->in[0] * g->in[1]; /* input rows */
+    }
+}
+
 /* Threads for `items` work items over `bytes` of input: a small call runs on the calling thread,
  * where waking a second one would cost more than it saves. */
 static int team_size(int nthreads, int64_t items, int64_t bytes)
@@ -493,3 +554,10 @@ const char *pool_isa(void)
 }
 
 int pool_abi_version(void) { return POOL_ABI_VERSION; }
+
+const char *pool_path(const pool_desc *d, int backward)
+{
+    pool_geom g;
+    if (check_desc(d, &g, backward != 0)) return NULL;
+    return PATH_NAMES[backward ? backward_path(d, &g) : forward_path(d, &g)];
+}

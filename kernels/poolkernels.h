@@ -88,6 +88,10 @@ const char *pool_strerror(int status);
  * FMA, F16C), "x86-64" (SSE2), "neon" or "generic". */
 const char *pool_isa(void);
 int pool_abi_version(void);
+/* Which kernel a call with this descriptor runs (forward, or backward when `backward` is not 0):
+ * "generic" or the name of a fast path; NULL when the descriptor is refused.  For tests and
+ * benchmarks: it shows that a case reaches the path it is meant to test. */
+const char *pool_path(const pool_desc *d, int backward);
 
 #ifdef __cplusplus
 }

@@ -92,6 +92,8 @@ def _load() -> ctypes.CDLL:
     lib.pool_strerror.restype = ctypes.c_char_p
     lib.pool_isa.argtypes = []
     lib.pool_isa.restype = ctypes.c_char_p
+    lib.pool_path.argtypes = [desc_p, ctypes.c_int]
+    lib.pool_path.restype = ctypes.c_char_p
     lib.pool_abi_version.argtypes = []
     lib.pool_abi_version.restype = ctypes.c_int
     if lib.pool_abi_version() != ABI_VERSION:
@@ -111,3 +113,9 @@ def check(code: int) -> None:
 
 def isa() -> str:
     return lib.pool_isa().decode()
+
+
+def path(desc_pointer, backward: bool = False) -> str | None:
+    """The kernel a call with this descriptor runs: "generic" or a fast path's name."""
+    name = lib.pool_path(desc_pointer, int(backward))
+    return None if name is None else name.decode()

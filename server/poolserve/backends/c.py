@@ -130,6 +130,11 @@ class CBackend:
                 raise Unsupported(reason) from None
             raise
 
+    def kernel_path(self, spec: PoolSpec, shape, dtype, backward: bool = False) -> str:
+        """The kernel that forward (or backward) runs for this call: "generic" or the name of a
+        fast path (tests use it to show that a case reaches the path it is meant to test)."""
+        return k.path(self._plan(spec, tuple(shape), np.dtype(dtype)).desc, backward)
+
     def forward(self, spec: PoolSpec, x: np.ndarray):
         x = _as_kernel_input(x)
         plan = self._plan(spec, x.shape, x.dtype)
