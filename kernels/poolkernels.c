@@ -178,9 +178,13 @@ static int backward_path(const pool_desc *d, const pool_geom *g)
 /* Channels-last backward splits the channels when there are fewer images than threads. */
 static int64_t backward_channel_block(const pool_desc *d, const pool_geom *g)
 {
-    if (d->layout == POOL_CHANNELS_FIRST || g->batch >= d->nthreads) return g->channels;
-    int64_t cb = (g->channels + d->nthreads - 1) / d->nthreads;
-    return (cb + 15) / 16 * 16;
+    if (d->layout == POOL_CHANNELS_FIRST) return g->channels;
+    int64_t cb = g->channels;
+    if (g->batch < d->nthreads) {
+        cb = (g->channels + d->nthreads - 1) / d->nthreads;
+        cb = (cb + 15) / 16 * 16;
+    }
+    return cb < COLS ? cb : COLS; /* the per-block scratch of the avg path holds COLS channels */
 }
 
 /* Work items of a backward path.  es == 1 means contiguous planes: channels-first, or
@@ -554,6 +558,55 @@ const char *pool_isa(void)
 }
 
 int pool_abi_version(void) { return POOL_ABI_VERSION; }
+
+/* ---- the bandwidth floor, measured the way the kernels move memory ---------------------------
+ * bench/kernels.py times these on buffers of a call's input and output sizes, with the call's
+ * thread count: reading the input once plus writing the output once is the floor for pooling. */
+POOL_CLONES
+static float stream_read_part(const float *p, int64_t n)
+{
+    enum { L = 32 };
+    float s[L] = {0};
+    int64_t i = 0;
+    for (; i + L <= n; i += L)
+        for (int l = 0; l < L; l++) s[l] += p[i + l];
+    for (; i < n; i++) s[0] += p[i];
+    float t = 0;
+    for (int l = 0; l < L; l++) t += s[l];
+    return t;
+}
+
+POOL_CLONES
+static void stream_write_part(float *p, int64_t n, float v)
+{
+    for (int64_t i = 0; i < n; i++) p[i] = v; /* a value other than 0: plain stores, no memset */
+}
+
+double pool_stream_read(const void *buf, int64_t nbytes, int nthreads)
+{
+    if (!buf || nbytes < 0 || nthreads < 1 || nthreads > POOL_MAX_THREADS) return 0;
+    const int64_t n = nbytes / 4;
+    double total = 0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+ : total)
+    {
+        int64_t first, last;
+        thread_share(n, &first, &last);
+        total += stream_read_part((const float *)buf + first, last - first);
+    }
+    return total;
+}
+
+void pool_stream_write(void *buf, int64_t nbytes, int nthreads)
+{
+    if (!buf || nbytes < 0 || nthreads < 1 || nthreads > POOL_MAX_THREADS) return;
+    const int64_t n = nbytes / 4;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t first, last;
+        thread_share(n, &first, &last);
+        stream_write_part((float *)buf + first, last - first, 1.0f);
+    }
+}
 
 const char *pool_path(const pool_desc *d, int backward)
 {

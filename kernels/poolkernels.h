@@ -93,6 +93,11 @@ int pool_abi_version(void);
  * benchmarks: it shows that a case reaches the path it is meant to test. */
 const char *pool_path(const pool_desc *d, int backward);
 
+/* The memory-bandwidth floor, for benchmarks: read nbytes (a sum of float32 words, returned so
+ * it cannot be optimised away) or write nbytes, split over nthreads the way the kernels split. */
+double pool_stream_read(const void *buf, int64_t nbytes, int nthreads);
+void pool_stream_write(void *buf, int64_t nbytes, int nthreads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -94,6 +94,10 @@ def _load() -> ctypes.CDLL:
     lib.pool_isa.restype = ctypes.c_char_p
     lib.pool_path.argtypes = [desc_p, ctypes.c_int]
     lib.pool_path.restype = ctypes.c_char_p
+    lib.pool_stream_read.argtypes = [vp, i64, ctypes.c_int]
+    lib.pool_stream_read.restype = ctypes.c_double
+    lib.pool_stream_write.argtypes = [vp, i64, ctypes.c_int]
+    lib.pool_stream_write.restype = None
     lib.pool_abi_version.argtypes = []
     lib.pool_abi_version.restype = ctypes.c_int
     if lib.pool_abi_version() != ABI_VERSION:
