@@ -70,7 +70,7 @@ enum {
 static int cf_rows_fits(const pool_geom *g)
 {
     return g->es == 1 && (g->k[2] == 2 || g->k[2] == 3) && g->s[2] == 2 && g->d[2] == 1 &&
-           g->k[0] * g->k[1] <= MAX_ROWS;
+           g->k[0] * g->k[1] <= MAX_ROWS && g->plane_size <= INT32_MAX;
 }
 
 /* One output value per plane, its window the whole plane. */
@@ -148,7 +148,8 @@ static const char *const PATH_NAMES[] = {
 static int forward_path(const pool_desc *d, const pool_geom *g)
 {
     if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;
-    if (d->layout == POOL_CHANNELS_LAST) return PATH_CL;
+    /* the fast paths track argmax offsets inside one image in int32: half the work of int64 */
+    if (d->layout == POOL_CHANNELS_LAST) return g->plane_size * g->channels <= INT32_MAX ? PATH_CL : PATH_GENERIC;
     if (is_global(g)) return PATH_GLOBAL_CF;
     if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_CF_ROWS_K2 : PATH_CF_ROWS_K3;
     return PATH_GENERIC;
@@ -221,12 +222,14 @@ static void thread_share(int64_t items, int64_t *first, int64_t *last)
 }
 
 /* ---- the generic kernels and the fast paths, once per dtype ---------------------------------- */
+typedef uint16_t __attribute__((may_alias)) half_bits; /* a float16's bits, read in place */
 #define T float
 #define ACC float
 #define LOAD(v) (v)
 #define STORE(a) (a)
 #define SUF f32
 #define HAS_ARITH 1
+#define NAN_AT(p, i) ((p)[i] != (p)[i])
 #include "pool_generic.inc"
 #include "pool_fast.inc"
 #undef T
@@ -235,6 +238,7 @@ static void thread_share(int64_t items, int64_t *first, int64_t *last)
 #undef STORE
 #undef SUF
 #undef HAS_ARITH
+#undef NAN_AT
 
 #define T double
 #define ACC double
@@ -242,6 +246,7 @@ static void thread_share(int64_t items, int64_t *first, int64_t *last)
 #define STORE(a) (a)
 #define SUF f64
 #define HAS_ARITH 1
+#define NAN_AT(p, i) ((p)[i] != (p)[i])
 #include "pool_generic.inc"
 #include "pool_fast.inc"
 #undef T
@@ -250,6 +255,7 @@ static void thread_share(int64_t items, int64_t *first, int64_t *last)
 #undef STORE
 #undef SUF
 #undef HAS_ARITH
+#undef NAN_AT
 
 /* float16 is accumulated in float32 and rounded once, to nearest even, on the way out */
 #define T _Float16
@@ -258,6 +264,8 @@ static void thread_share(int64_t items, int64_t *first, int64_t *last)
 #define STORE(a) ((_Float16)(a))
 #define SUF f16
 #define HAS_ARITH 1
+/* on the bits: GCC folds (float)h != (float)h back into a float16 compare, a libgcc call */
+#define NAN_AT(p, i) ((((const half_bits *)(p))[i] & 0x7fff) > 0x7c00)
 #include "pool_generic.inc"
 #include "pool_fast.inc"
 #undef T
@@ -266,12 +274,14 @@ static void thread_share(int64_t items, int64_t *first, int64_t *last)
 #undef STORE
 #undef SUF
 #undef HAS_ARITH
+#undef NAN_AT
 
 #define T int8_t
 #define ACC int
 #define LOAD(v) ((int)(v))
 #define SUF i8
 #define HAS_ARITH 0
+#define NAN_AT(p, i) 0
 #include "pool_generic.inc"
 #include "pool_fast.inc"
 #undef T
@@ -279,12 +289,14 @@ static void thread_share(int64_t items, int64_t *first, int64_t *last)
 #undef LOAD
 #undef SUF
 #undef HAS_ARITH
+#undef NAN_AT
 
 #define T uint8_t
 #define ACC int
 #define LOAD(v) ((int)(v))
 #define SUF u8
 #define HAS_ARITH 0
+#define NAN_AT(p, i) 0
 #include "pool_generic.inc"
 #include "pool_fast.inc"
 #undef T
@@ -292,6 +304,7 @@ static void thread_share(int64_t items, int64_t *first, int64_t *last)
 #undef LOAD
 #undef SUF
 #undef HAS_ARITH
+#undef NAN_AT
 
 /* ---- checking -------------------------------------------------------------------------------- */
 static const int64_t DIM_LIMIT = (int64_t)1 << 40;   /* any one dimension */
