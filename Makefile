@@ -3,6 +3,7 @@
 #   make test       install with the test extra and run the whole suite (and the sanitizer run)
 #   make test-asan  the kernel tests against an AddressSanitizer + UBSan build of the kernels
 #   make bench      benchmarks; results under bench/results/
+#   make bench-kernels  the kernel benchmark alone: C vs ONNX Runtime vs PyTorch vs the memory floor
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +14,7 @@ SOURCES := pyproject.toml setup.py $(wildcard kernels/*.c kernels/*.h kernels/*.
 ASAN_LIB := build/asan/libpoolkernels.so
 CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: venv serve test test-py test-asan bench clean
+.PHONY: venv serve test test-py test-asan bench bench-kernels clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,17 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -e '.[bench]'
 	$(PY) bench/run.py
+
+# The [bench] extra (matplotlib for the chart) once per venv; no rebuild of the kernels.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install 'matplotlib>=3.8'
+	touch $@
+
+# Kernel benchmark (bench/kernels.py): writes bench/results/kernels.{json,md,png}.
+# BENCH_ARGS="--quick" for a smoke run, "--only vgg" for some cases.
+bench-kernels: $(BENCH_STAMP)
+	$(PY) bench/kernels.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info server/poolserve/*.so .hypothesis .pytest_cache
