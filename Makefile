@@ -3,6 +3,7 @@
 #   make test       install with the test extra and run the whole suite (and the sanitizer run)
 #   make test-asan  the kernel tests against an AddressSanitizer + UBSan build of the kernels
 #   make bench      benchmarks; results under bench/results/
+#   make bench-kernels  the kernel benchmark alone: C vs ONNX Runtime vs PyTorch vs the memory floor
 #   make bench-onnx the ONNX backend's overhead over a bare session.run
 #   make protos     regenerate the committed gRPC stubs (client/poolclient/_proto) from protos/
 #   make soak       a minute of steady load against a real server: no error, no memory growth
@@ -16,7 +17,7 @@ SOURCES := pyproject.toml setup.py $(wildcard kernels/*.c kernels/*.h kernels/*.
 ASAN_LIB := build/asan/libpoolkernels.so
 CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -DPOOL_NO_CLONES
 
-.PHONY: venv serve test test-py test-asan soak bench bench-onnx protos clean
+.PHONY: venv serve test test-py test-asan soak bench bench-kernels bench-onnx protos clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,13 +67,23 @@ serve: $(STAMP)
 protos: $(STAMP)
 	$(PY) protos/generate.py
 
-bench: $(STAMP)
-	$(PIP) install -e '.[bench]'
-	$(PY) bench/run.py
+# Every benchmark, one after another; each writes its own results under bench/results/.
+bench: bench-kernels bench-onnx
 
 # The ONNX backend's per-call overhead over a bare InferenceSession.run (bench/results/onnx_overhead.json)
 bench-onnx: $(STAMP)
 	$(PY) bench/onnx_overhead.py $(BENCH_ARGS)
+
+# The [bench] extra (matplotlib for the chart) once per venv; no rebuild of the kernels.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install 'matplotlib>=3.8'
+	touch $@
+
+# Kernel benchmark (bench/kernels.py): writes bench/results/kernels.{json,md,png}.
+# BENCH_ARGS="--quick" for a smoke run, "--only vgg" for some cases.
+bench-kernels: $(BENCH_STAMP)
+	$(PY) bench/kernels.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info server/poolserve/*.so .hypothesis .pytest_cache
