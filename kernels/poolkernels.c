@@ -5,6 +5,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if !defined(__FLT16_MAX__)
 #error "poolkernels needs a compiler with _Float16 (GCC >= 12 or clang >= 15)"
@@ -14,7 +17,7 @@
  * in a container image to another CPU.  GCC's target_clones builds each hot function for every
  * listed ISA and an ifunc resolver picks one when the library is loaded. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(POOL_NO_CLONES)
-#define POOL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define POOL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define POOL_CLONES
 #endif
@@ -56,20 +59,186 @@ static inline double lp_root(double s, double p)
     return p == 1.0 ? s : p == 2.0 ? sqrt(s) : pow(s, 1.0 / p);
 }
 
-/* ---- the generic kernels, once per dtype ---------------------------------------------------- */
+/* ---- shape helpers of the fast paths (pool_fast.inc) ----------------------------------------- */
+enum {
+    COLS = 256,    /* output columns (or channels) folded together: the running values stay in L1 */
+    MAX_ROWS = 64  /* input rows one channels-first window may read (kernel axes 0 and 1) */
+};
+
+/* The channels-first rows path takes a last axis of kernel 2 or 3, stride 2, no dilation (the
+ * 2x2/s2, 3x3/s2 and 2x2x2/s2 poolings of common networks); the other axes are looped over. */
+static int cf_rows_fits(const pool_geom *g)
+{
+    return g->es == 1 && (g->k[2] == 2 || g->k[2] == 3) && g->s[2] == 2 && g->d[2] == 1 &&
+           g->k[0] * g->k[1] <= MAX_ROWS && g->plane_size <= INT32_MAX;
+}
+
+/* One output value per plane, its window the whole plane. */
+static int is_global(const pool_geom *g)
+{
+    for (int a = 0; a < 3; a++)
+        if (g->out[a] != 1 || g->k[a] != g->in[a] || g->pb[a] || g->pe[a]) return 0;
+    return 1;
+}
+
+/* Output columns [*lo, *hi) whose window lies inside the input on the last axis (dilation 1). */
+static void interior_columns(const pool_geom *g, int64_t *lo, int64_t *hi)
+{
+    const int64_t s = g->s[2], k = g->k[2];
+    int64_t l = (g->pb[2] + s - 1) / s;
+    int64_t h = g->in[2] - k + g->pb[2] >= 0 ? (g->in[2] - k + g->pb[2]) / s + 1 : 0;
+    if (h > g->out[2]) h = g->out[2];
+    if (l > h) l = h;
+    *lo = l;
+    *hi = h;
+}
+
+/* The input rows, in scan order, that output row (o0, o1) reads: their offsets inside the plane
+ * (when off is not NULL) and their count; *padded counts the rows inside the padded input, the
+ * row factor of the count_include_pad divisor. */
+static int window_rows(const pool_geom *g, int64_t o0, int64_t o1, int64_t *off, int64_t *padded)
+{
+    int n = 0;
+    int64_t p0 = 0, p1 = 0;
+    for (int64_t j = 0; j < g->k[0]; j++) {
+        int64_t t = o0 * g->s[0] - g->pb[0] + j * g->d[0];
+        p0 += t >= -g->pb[0] && t < g->in[0] + g->pe[0];
+    }
+    for (int64_t j = 0; j < g->k[1]; j++) {
+        int64_t t = o1 * g->s[1] - g->pb[1] + j * g->d[1];
+        p1 += t >= -g->pb[1] && t < g->in[1] + g->pe[1];
+    }
+    for (int64_t j0 = 0; j0 < g->k[0]; j0++) {
+        int64_t t0 = o0 * g->s[0] - g->pb[0] + j0 * g->d[0];
+        if (t0 < 0 || t0 >= g->in[0]) continue;
+        for (int64_t j1 = 0; j1 < g->k[1]; j1++) {
+            int64_t t1 = o1 * g->s[1] - g->pb[1] + j1 * g->d[1];
+            if (t1 < 0 || t1 >= g->in[1]) continue;
+            if (off) off[n] = t0 * g->sx[0] + t1 * g->sx[1];
+            n++;
+        }
+    }
+    *padded = p0 * p1;
+    return n;
+}
+
+/* The outputs along axis a (0 or 1) whose window has input index t as a tap, ascending; at most
+ * k[a] of them (one per tap). */
+static int covering_outputs(const pool_geom *g, int a, int64_t t, int64_t *o)
+{
+    int n = 0;
+    for (int64_t j = g->k[a] - 1; j >= 0; j--) {
+        int64_t start = t + g->pb[a] - j * g->d[a]; /* the window start o * s must equal this */
+        if (start >= 0 && start % g->s[a] == 0 && start / g->s[a] < g->out[a]) o[n++] = start / g->s[a];
+    }
+    return n;
+}
+
+/* Which fast path a call takes.  The fast paths cover float32/float64/float16 for max and avg
+ * (int8/uint8 for max), forward; float32/float64 backward.  Lp always runs the generic kernels. */
+enum pool_path {
+    PATH_GENERIC, PATH_CF_ROWS_K2, PATH_CF_ROWS_K3, PATH_CL, PATH_GLOBAL_CF,
+    PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL
+};
+static const char *const PATH_NAMES[] = {
+    "generic", "cf_rows_k2", "cf_rows_k3", "cl", "global_cf",
+    "max_back", "avg_back_k2", "avg_back_k3", "avg_back_cl"
+};
+
+static int forward_path(const pool_desc *d, const pool_geom *g)
+{
+    if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;
+    /* the fast paths track argmax offsets inside one image in int32: half the work of int64 */
+    if (d->layout == POOL_CHANNELS_LAST) return g->plane_size * g->channels <= INT32_MAX ? PATH_CL : PATH_GENERIC;
+    if (is_global(g)) return PATH_GLOBAL_CF;
+    if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_CF_ROWS_K2 : PATH_CF_ROWS_K3;
+    return PATH_GENERIC;
+}
+
+/* Work items of a forward path: output rows, output positions x channel blocks, or planes. */
+static int64_t forward_items(const pool_geom *g, int path)
+{
+    switch (path) {
+    case PATH_CF_ROWS_K2:
+    case PATH_CF_ROWS_K3: return g->batch * g->channels * g->out[0] * g->out[1];
+    case PATH_CL: return g->batch * g->out_plane_size * ((g->channels + COLS - 1) / COLS);
+    default: return g->batch * g->channels;
+    }
+}
+
+static int backward_path(const pool_desc *d, const pool_geom *g)
+{
+    /* float16 gradients are summed in a float32 scratch plane: the generic path */
+    if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP || d->dtype == POOL_F16) return PATH_GENERIC;
+    if (d->mode == POOL_MAX) return PATH_MAX_BACK;
+    if (d->layout == POOL_CHANNELS_LAST) return PATH_AVG_BACK_CL;
+    if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3;
+    return PATH_GENERIC;
+}
+
+/* Channels-last backward splits the channels when there are fewer images than threads. */
+static int64_t backward_channel_block(const pool_desc *d, const pool_geom *g)
+{
+    if (d->layout == POOL_CHANNELS_FIRST) return g->channels;
+    int64_t cb = g->channels;
+    if (g->batch < d->nthreads) {
+        cb = (g->channels + d->nthreads - 1) / d->nthreads;
+        cb = (cb + 15) / 16 * 16;
+    }
+    return cb < COLS ? cb : COLS; /* the per-block scratch of the avg path holds COLS channels */
+}
+
+/* Work items of a backward path.  es == 1 means contiguous planes: channels-first, or
+ * channels-last with one channel (the same memory). */
+static int64_t backward_items(const pool_geom *g, int path, int64_t cblock)
+{
+    switch (path) {
+    case PATH_MAX_BACK:
+        return g->es == 1 ? g->batch * g->channels : g->batch * ((g->channels + cblock - 1) / cblock);
+    case PATH_AVG_BACK_CL: return g->batch * ((g->channels + cblock - 1) / cblock);
+    default: return g->batch * g->channels * g->in[0] * g->in[1]; /* input rows */
+    }
+}
+
+/* Threads for `items` work items over `bytes` of input: a small call runs on the calling thread,
+ * where waking a second one would cost more than it saves. */
+static int team_size(int nthreads, int64_t items, int64_t bytes)
+{
+    const int64_t SMALL = 96 * 1024;
+    if (bytes < SMALL || items < 2) return 1;
+    return items < nthreads ? (int)items : nthreads;
+}
+
+/* This thread's contiguous share [*first, *last) of `items`. */
+static void thread_share(int64_t items, int64_t *first, int64_t *last)
+{
+#ifdef _OPENMP
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int64_t t = 0, nt = 1;
+#endif
+    *first = items * t / nt;
+    *last = items * (t + 1) / nt;
+}
+
+/* ---- the generic kernels and the fast paths, once per dtype ---------------------------------- */
+typedef uint16_t __attribute__((may_alias)) half_bits; /* a float16's bits, read in place */
 #define T float
 #define ACC float
 #define LOAD(v) (v)
 #define STORE(a) (a)
 #define SUF f32
 #define HAS_ARITH 1
+#define NAN_AT(p, i) ((p)[i] != (p)[i])
 #include "pool_generic.inc"
+#include "pool_fast.inc"
 #undef T
 #undef ACC
 #undef LOAD
 #undef STORE
 #undef SUF
 #undef HAS_ARITH
+#undef NAN_AT
 
 #define T double
 #define ACC double
@@ -77,13 +246,16 @@ static inline double lp_root(double s, double p)
 #define STORE(a) (a)
 #define SUF f64
 #define HAS_ARITH 1
+#define NAN_AT(p, i) ((p)[i] != (p)[i])
 #include "pool_generic.inc"
+#include "pool_fast.inc"
 #undef T
 #undef ACC
 #undef LOAD
 #undef STORE
 #undef SUF
 #undef HAS_ARITH
+#undef NAN_AT
 
 /* float16 is accumulated in float32 and rounded once, to nearest even, on the way out */
 #define T _Float16
@@ -92,37 +264,47 @@ static inline double lp_root(double s, double p)
 #define STORE(a) ((_Float16)(a))
 #define SUF f16
 #define HAS_ARITH 1
+/* on the bits: GCC folds (float)h != (float)h back into a float16 compare, a libgcc call */
+#define NAN_AT(p, i) ((((const half_bits *)(p))[i] & 0x7fff) > 0x7c00)
 #include "pool_generic.inc"
+#include "pool_fast.inc"
 #undef T
 #undef ACC
 #undef LOAD
 #undef STORE
 #undef SUF
 #undef HAS_ARITH
+#undef NAN_AT
 
 #define T int8_t
 #define ACC int
 #define LOAD(v) ((int)(v))
 #define SUF i8
 #define HAS_ARITH 0
+#define NAN_AT(p, i) 0
 #include "pool_generic.inc"
+#include "pool_fast.inc"
 #undef T
 #undef ACC
 #undef LOAD
 #undef SUF
 #undef HAS_ARITH
+#undef NAN_AT
 
 #define T uint8_t
 #define ACC int
 #define LOAD(v) ((int)(v))
 #define SUF u8
 #define HAS_ARITH 0
+#define NAN_AT(p, i) 0
 #include "pool_generic.inc"
+#include "pool_fast.inc"
 #undef T
 #undef ACC
 #undef LOAD
 #undef SUF
 #undef HAS_ARITH
+#undef NAN_AT
 
 /* ---- checking -------------------------------------------------------------------------------- */
 static const int64_t DIM_LIMIT = (int64_t)1 << 40;   /* any one dimension */
@@ -153,7 +335,7 @@ static int check_desc(const pool_desc *d, pool_geom *g, int backward)
     if ((d->mode != POOL_MAX || backward) && !is_float) return POOL_E_ENUM;
     if (d->rank < 1 || d->rank > POOL_MAX_RANK) return POOL_E_RANK;
     if (d->nthreads < 1 || d->nthreads > POOL_MAX_THREADS) return POOL_E_THREADS;
-    if (d->reserved != 0 || (d->ceil_mode != 0 && d->ceil_mode != 1) ||
+    if ((d->flags & ~POOL_FLAGS_KNOWN) != 0 || (d->ceil_mode != 0 && d->ceil_mode != 1) ||
         (d->count_include_pad != 0 && d->count_include_pad != 1))
         return POOL_E_PARAM;
     if (d->mode == POOL_LP && !(d->p > 0 && isfinite(d->p))) return POOL_E_PARAM;
@@ -232,6 +414,19 @@ int pool_forward(const pool_desc *d, const void *x, int64_t x_bytes, void *y, in
     if (indices && !bytes_ok(indices_bytes, g.y_elems, 8)) return POOL_E_SIZE;
     if (!indices && indices_bytes != 0) return POOL_E_SIZE;
 
+    if (!(d->flags & POOL_FLAG_GENERIC_ONLY)) {
+        int done = 0;
+        switch (d->dtype) {
+        case POOL_F32: done = fast_forward_f32(d, &g, x, y, indices); break;
+        case POOL_F64: done = fast_forward_f64(d, &g, x, y, indices); break;
+        case POOL_F16: done = fast_forward_f16(d, &g, x, y, indices); break;
+        case POOL_I8: done = fast_forward_i8(d, &g, x, y, indices); break;
+        case POOL_U8: done = fast_forward_u8(d, &g, x, y, indices); break;
+        default: break;
+        }
+        if (done) return POOL_OK;
+    }
+
     const int64_t planes = g.batch * g.channels;
     const int mode = d->mode, dtype = d->dtype;
 #pragma omp parallel for num_threads(d->nthreads) if (d->nthreads > 1 && planes > 1) schedule(static)
@@ -277,6 +472,17 @@ int pool_backward(const pool_desc *d, const void *dy, int64_t dy_bytes, const vo
     if (d->mode == POOL_LP) {
         if (!x) return POOL_E_NULL;
         if (!bytes_ok(x_bytes, g.x_elems, item)) return POOL_E_SIZE;
+    }
+
+    if (!(d->flags & POOL_FLAG_GENERIC_ONLY)) {
+        int rc = -1;
+        if (d->dtype == POOL_F32)
+            rc = fast_backward_f32(d, &g, (const float *)dy, indices, (float *)dx);
+        else if (d->dtype == POOL_F64)
+            rc = fast_backward_f64(d, &g, (const double *)dy, indices, (double *)dx);
+        else if (d->dtype == POOL_F16)
+            rc = fast_backward_f16(d, &g, (const _Float16 *)dy, indices, (_Float16 *)dx);
+        if (rc >= 0) return rc;
     }
 
     const int64_t planes = g.batch * g.channels;
@@ -351,11 +557,12 @@ const char *pool_strerror(int status)
 
 const char *pool_isa(void)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    /* the same test the target_clones resolver makes */
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return "avx512f";
-    if (__builtin_cpu_supports("avx2")) return "avx2";
-    return "sse2";
+    if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
+    if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3";
+    return "x86-64";
 #elif defined(__aarch64__)
     return "neon";
 #else
@@ -364,3 +571,59 @@ const char *pool_isa(void)
 }
 
 int pool_abi_version(void) { return POOL_ABI_VERSION; }
+
+/* ---- the bandwidth floor, measured the way the kernels move memory ---------------------------
+ * bench/kernels.py times these on buffers of a call's input and output sizes, with the call's
+ * thread count: reading the input once plus writing the output once is the floor for pooling. */
+POOL_CLONES
+static float stream_read_part(const float *p, int64_t n)
+{
+    enum { L = 32 };
+    float s[L] = {0};
+    int64_t i = 0;
+    for (; i + L <= n; i += L)
+        for (int l = 0; l < L; l++) s[l] += p[i + l];
+    for (; i < n; i++) s[0] += p[i];
+    float t = 0;
+    for (int l = 0; l < L; l++) t += s[l];
+    return t;
+}
+
+POOL_CLONES
+static void stream_write_part(float *p, int64_t n, float v)
+{
+    for (int64_t i = 0; i < n; i++) p[i] = v; /* a value other than 0: plain stores, no memset */
+}
+
+double pool_stream_read(const void *buf, int64_t nbytes, int nthreads)
+{
+    if (!buf || nbytes < 0 || nthreads < 1 || nthreads > POOL_MAX_THREADS) return 0;
+    const int64_t n = nbytes / 4;
+    double total = 0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+ : total)
+    {
+        int64_t first, last;
+        thread_share(n, &first, &last);
+        total += stream_read_part((const float *)buf + first, last - first);
+    }
+    return total;
+}
+
+void pool_stream_write(void *buf, int64_t nbytes, int nthreads)
+{
+    if (!buf || nbytes < 0 || nthreads < 1 || nthreads > POOL_MAX_THREADS) return;
+    const int64_t n = nbytes / 4;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t first, last;
+        thread_share(n, &first, &last);
+        stream_write_part((float *)buf + first, last - first, 1.0f);
+    }
+}
+
+const char *pool_path(const pool_desc *d, int backward)
+{
+    pool_geom g;
+    if (check_desc(d, &g, backward != 0)) return NULL;
+    return PATH_NAMES[backward ? backward_path(d, &g) : forward_path(d, &g)];
+}

@@ -18,13 +18,21 @@
 extern "C" {
 #endif
 
-#define POOL_ABI_VERSION 1
+#define POOL_ABI_VERSION 2
 #define POOL_MAX_RANK 3
 #define POOL_MAX_THREADS 256
 
 enum pool_mode { POOL_MAX = 0, POOL_AVG = 1, POOL_LP = 2 };
 enum pool_dtype { POOL_F32 = 0, POOL_F64 = 1, POOL_F16 = 2, POOL_I8 = 3, POOL_U8 = 4 };
 enum pool_layout { POOL_CHANNELS_FIRST = 0, POOL_CHANNELS_LAST = 1 };
+
+/* pool_desc.flags bits; every other bit must be 0. */
+enum pool_flags {
+    /* Run the generic per-plane kernels even where a specialised fast path exists: the tests use
+     * it to check every fast path against the obviously correct code. */
+    POOL_FLAG_GENERIC_ONLY = 1
+};
+#define POOL_FLAGS_KNOWN 1
 
 enum pool_status {
     POOL_OK = 0,
@@ -50,7 +58,7 @@ typedef struct pool_desc {
     int32_t ceil_mode;          /* 0: floor output size, 1: ceil with the last-window rule */
     int32_t count_include_pad;  /* avg: padded taps count in the divisor */
     int32_t nthreads;           /* worker threads, 1..POOL_MAX_THREADS */
-    int32_t reserved;           /* must be 0 */
+    int32_t flags;              /* enum pool_flags bits; unknown bits must be 0 */
     int64_t batch;
     int64_t channels;
     int64_t in_shape[POOL_MAX_RANK];
@@ -76,9 +84,19 @@ int pool_backward(const pool_desc *d, const void *dy, int64_t dy_bytes, const vo
                   const int64_t *indices, int64_t indices_bytes, void *dx, int64_t dx_bytes);
 
 const char *pool_strerror(int status);
-/* The widest instruction set this CPU offers the kernels: "avx512f", "avx2", "sse2", "neon" or "generic". */
+/* The instruction set the kernels run with on this CPU: "x86-64-v4" (AVX-512), "x86-64-v3" (AVX2,
+ * FMA, F16C), "x86-64" (SSE2), "neon" or "generic". */
 const char *pool_isa(void);
 int pool_abi_version(void);
+/* Which kernel a call with this descriptor runs (forward, or backward when `backward` is not 0):
+ * "generic" or the name of a fast path; NULL when the descriptor is refused.  For tests and
+ * benchmarks: it shows that a case reaches the path it is meant to test. */
+const char *pool_path(const pool_desc *d, int backward);
+
+/* The memory-bandwidth floor, for benchmarks: read nbytes (a sum of float32 words, returned so
+ * it cannot be optimised away) or write nbytes, split over nthreads the way the kernels split. */
+double pool_stream_read(const void *buf, int64_t nbytes, int nthreads);
+void pool_stream_write(void *buf, int64_t nbytes, int nthreads);
 
 #ifdef __cplusplus
 }

@@ -14,13 +14,16 @@ import ctypes
 import os
 from pathlib import Path
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 MAX_RANK = 3
 MAX_THREADS = 256
 
 MODES = {"max": 0, "avg": 1, "lp": 2}
 DTYPES = {"float32": 0, "float64": 1, "float16": 2, "int8": 3, "uint8": 4}
 LAYOUTS = {"channels_first": 0, "channels_last": 1}
+
+# pool_desc.flags bits (enum pool_flags)
+FLAG_GENERIC_ONLY = 1  # run the generic kernels even where a fast path exists (tests compare the two)
 
 # pool_status names, by code, as in the header
 STATUS = {
@@ -41,7 +44,7 @@ class PoolDesc(ctypes.Structure):
         ("ceil_mode", ctypes.c_int32),
         ("count_include_pad", ctypes.c_int32),
         ("nthreads", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
+        ("flags", ctypes.c_int32),
         ("batch", ctypes.c_int64),
         ("channels", ctypes.c_int64),
         ("in_shape", _Axes),
@@ -77,16 +80,24 @@ def _load() -> ctypes.CDLL:
         raise ImportError(f"poolserve's C kernels are not built: {path} is missing; "
                           "install the package with `pip install .` (or `make serve`), which builds them")
     lib = ctypes.CDLL(str(path))
-    vp, i64, i64p = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)
+    # Buffers, the int64_t * of the indices included, travel as plain addresses (c_void_p: the
+    # same in the C ABI), so that callers pass ints and ctypes converts nothing per call.
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
     desc_p = ctypes.POINTER(PoolDesc)
-    lib.pool_forward.argtypes = [desc_p, vp, i64, vp, i64, i64p, i64]
+    lib.pool_forward.argtypes = [desc_p, vp, i64, vp, i64, vp, i64]
     lib.pool_forward.restype = ctypes.c_int
-    lib.pool_backward.argtypes = [desc_p, vp, i64, vp, i64, i64p, i64, vp, i64]
+    lib.pool_backward.argtypes = [desc_p, vp, i64, vp, i64, vp, i64, vp, i64]
     lib.pool_backward.restype = ctypes.c_int
     lib.pool_strerror.argtypes = [ctypes.c_int]
     lib.pool_strerror.restype = ctypes.c_char_p
     lib.pool_isa.argtypes = []
     lib.pool_isa.restype = ctypes.c_char_p
+    lib.pool_path.argtypes = [desc_p, ctypes.c_int]
+    lib.pool_path.restype = ctypes.c_char_p
+    lib.pool_stream_read.argtypes = [vp, i64, ctypes.c_int]
+    lib.pool_stream_read.restype = ctypes.c_double
+    lib.pool_stream_write.argtypes = [vp, i64, ctypes.c_int]
+    lib.pool_stream_write.restype = None
     lib.pool_abi_version.argtypes = []
     lib.pool_abi_version.restype = ctypes.c_int
     if lib.pool_abi_version() != ABI_VERSION:
@@ -106,3 +117,9 @@ def check(code: int) -> None:
 
 def isa() -> str:
     return lib.pool_isa().decode()
+
+
+def path(desc_pointer, backward: bool = False) -> str | None:
+    """The kernel a call with this descriptor runs: "generic" or a fast path's name."""
+    name = lib.pool_path(desc_pointer, int(backward))
+    return None if name is None else name.decode()

@@ -1,0 +1,297 @@
+"""Every fast path of the C kernels agrees with the generic path (POOL_FLAG_GENERIC_ONLY) and
+with the numpy reference.
+
+Each strategy builds cases meant for one fast path and asserts (with ``kernel_path``) that the
+case reaches it, so a change in the dispatch cannot quietly leave a path untested.  Max values and
+indices must be bitwise those of the generic path (NaN first, ties to the first in scan order,
+-0 vs +0); average pooling must give equal values where the fast path keeps the summation order
+(the payload of a NaN made by inf - inf may differ), else agree within the summation-order
+tolerance of tests/strategies.py.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from poolserve import reference
+from poolserve.backends import _kernels
+from poolserve.backends.c import CBackend
+from poolserve.spec import DTYPES_BY_MODE, FLOAT_DTYPES, PoolSpec, SpecError
+
+from strategies import arrays, assert_close, examples, specs, window_size
+
+pytestmark = pytest.mark.kernels
+
+THREADS = st.sampled_from([1, 2, 3])
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    """The array's raw bits, so that -0.0 != 0.0 and NaN payloads count."""
+    if a.dtype.kind == "f":
+        return a.view(f"u{a.dtype.itemsize}")
+    return a
+
+
+def assert_same_bits(actual, expected):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    np.testing.assert_array_equal(bits(actual), bits(expected))
+
+
+def dims(spec: PoolSpec, n, c, spatial):
+    return (n, c, *spatial) if spec.layout == "channels_first" else (n, *spatial, c)
+
+
+# ---- cases aimed at one path each ------------------------------------------------------------
+
+@st.composite
+def cf_rows_cases(draw, modes=("max", "avg"), dtypes=None):
+    """Channels-first, last axis kernel 2 or 3 with stride 2: the cf_rows path.  The other axes
+    take any kernel, stride, dilation and pads; widths cross the 256-column block now and then."""
+    mode = draw(st.sampled_from(modes))
+    dtype = draw(st.sampled_from([d for d in DTYPES_BY_MODE[mode] if dtypes is None or d in dtypes]))
+    rank = draw(st.integers(1, 3))
+    K = draw(st.sampled_from([2, 3]))
+    kernel = [draw(st.integers(1, 3)) for _ in range(rank - 1)] + [K]
+    strides = [draw(st.integers(1, 3)) for _ in range(rank - 1)] + [2]
+    dil = [draw(st.integers(1, 2)) for _ in range(rank - 1)] + [1]
+    pads = tuple(draw(st.integers(0, k - 1)) for k in kernel + kernel)
+    extent = [d * (k - 1) + 1 for k, d in zip(kernel, dil)]
+    spatial = [draw(st.integers(max(1, e - 2), e + 5)) for e in extent[:-1]]
+    spatial.append(draw(st.one_of(st.integers(1, 24), st.integers(250, 530))) if rank < 3
+                   else draw(st.integers(1, 20)))
+    extra = {}
+    if mode == "max":
+        extra["return_indices"] = draw(st.booleans())
+    else:
+        extra["count_include_pad"] = draw(st.booleans())
+    try:
+        spec = PoolSpec(mode, kernel, strides=strides, dilations=dil, pads=pads,
+                        ceil_mode=draw(st.booleans()), **extra)
+        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *spatial)
+        spec.resolve(shape, dtype)
+    except SpecError:
+        assume(False)
+    return spec, shape, dtype
+
+
+@st.composite
+def global_cf_cases(draw, modes=("max", "avg"), dtypes=None):
+    """Channels-first global pooling: the global_cf path; plane sizes around the 16-lane body."""
+    mode = draw(st.sampled_from(modes))
+    dtype = draw(st.sampled_from([d for d in DTYPES_BY_MODE[mode] if dtypes is None or d in dtypes]))
+    rank = draw(st.integers(1, 3))
+    spatial = [draw(st.integers(1, 5)) for _ in range(rank - 1)]
+    spatial.append(draw(st.one_of(st.integers(1, 20), st.integers(30, 70))))
+    spec = PoolSpec(mode, global_pool=True, return_indices=mode == "max" and draw(st.booleans()))
+    return spec, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *spatial), dtype
+
+
+EXPECTED_FORWARD = {"cf_rows": ("cf_rows_k2", "cf_rows_k3"), "cl": ("cl",), "global_cf": ("global_cf",)}
+
+
+def check_fast_forward(case, x, threads, path):
+    spec, shape, dtype = case
+    fast, generic = CBackend(threads=threads), CBackend(threads=threads, generic_only=True)
+    g = spec.resolve(shape)
+    if g.kernel == g.in_spatial and not any(g.pads) and spec.layout == "channels_first":
+        path = "global_cf"  # a window that is the whole plane takes the global path
+    assert fast.kernel_path(spec, shape, dtype) in EXPECTED_FORWARD[path]
+    assert generic.kernel_path(spec, shape, dtype) == "generic"
+    y, ind = fast.forward(spec, x)
+    yg, indg = generic.forward(spec, x)
+    if spec.mode == "max":
+        assert_same_bits(y, yg)  # the fast paths keep the generic scan order and copy the winner
+    elif path != "global_cf":
+        # the same sums in the same order: equal values (NaN payloads from inf - inf may differ)
+        np.testing.assert_array_equal(y, yg)
+    else:
+        assert_close(y, yg, dtype, window_size(spec, shape))
+    if spec.return_indices:
+        np.testing.assert_array_equal(ind, indg)
+    else:
+        assert ind is None and indg is None
+    yr, ir = reference.forward(spec, x)
+    if spec.mode == "max":
+        np.testing.assert_array_equal(y, yr)
+        if spec.return_indices:
+            np.testing.assert_array_equal(ind, ir)
+    else:
+        assert_close(y, yr, dtype, window_size(spec, shape))
+
+
+@examples(500)
+@given(data=st.data(), case=cf_rows_cases(), threads=THREADS)
+def test_cf_rows_forward(data, case, threads):
+    check_fast_forward(case, data.draw(arrays(case[1], case[2])), threads, "cf_rows")
+
+
+@examples(400)
+@given(data=st.data(), case=global_cf_cases(), threads=THREADS)
+def test_global_cf_forward(data, case, threads):
+    check_fast_forward(case, data.draw(arrays(case[1], case[2])), threads, "global_cf")
+
+
+@st.composite
+def cl_cases(draw, modes=("max", "avg"), dtypes=None):
+    """Channels-last, any window (global included): the cl path.  Channel counts cross the
+    256-channel block now and then."""
+    spec, shape, dtype = draw(specs(modes=modes, dtypes=dtypes))
+    spatial = shape[2:] if spec.layout == "channels_first" else shape[1:-1]
+    c = draw(st.one_of(st.integers(1, 3), st.sampled_from([16, 17, 255, 256, 257, 300])))
+    spec = spec.replace(layout="channels_last")
+    shape = (shape[0], *spatial, c)
+    try:
+        spec.resolve(shape, dtype)
+    except SpecError:
+        assume(False)
+    return spec, shape, dtype
+
+
+@examples(400)
+@given(data=st.data(), case=cl_cases(), threads=THREADS)
+def test_cl_forward(data, case, threads):
+    check_fast_forward(case, data.draw(arrays(case[1], case[2])), threads, "cl")
+
+
+# ---- the parallel split on calls big enough to use every thread -------------------------------
+
+BIG = [
+    ("cf_rows_k2", PoolSpec("max", (2, 2), return_indices=True), (1, 3, 97, 301)),
+    ("cf_rows_k2", PoolSpec("avg", (2, 2), pads=(1, 1, 0, 1), count_include_pad=True), (1, 3, 97, 301)),
+    ("cf_rows_k3", PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), return_indices=True), (1, 2, 150, 151)),
+    ("cf_rows_k3", PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), ceil_mode=True), (2, 1, 150, 151)),
+    ("cf_rows_k2", PoolSpec("max", (2, 2, 2), return_indices=True), (1, 2, 9, 40, 41)),
+    ("cl", PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last",
+                    return_indices=True), (1, 40, 41, 70)),
+    ("cl", PoolSpec("avg", (2, 2), layout="channels_last"), (1, 64, 64, 33)),
+    ("cl", PoolSpec("max", global_pool=True, layout="channels_last", return_indices=True), (1, 60, 60, 40)),
+    ("global_cf", PoolSpec("max", global_pool=True, return_indices=True), (1, 30, 61, 67)),
+    ("global_cf", PoolSpec("avg", global_pool=True), (1, 30, 61, 67)),
+]
+
+
+@pytest.mark.parametrize("path,spec,shape", BIG, ids=[f"{b[0]}-{b[1].mode}-{i}" for i, b in enumerate(BIG)])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_big_calls_split_over_threads(path, spec, shape, dtype):
+    rng = np.random.default_rng(7)
+    x = rng.integers(-20, 20, size=shape).astype(dtype)  # many ties
+    x.flat[rng.integers(0, x.size, 50)] = np.nan
+    x.flat[rng.integers(0, x.size, 50)] = -0.0
+    generic = CBackend(threads=1, generic_only=True)
+    yg, indg = generic.forward(spec, x)
+    for threads in (1, 2, 3):
+        fast = CBackend(threads=threads)
+        assert fast.kernel_path(spec, shape, dtype) == path
+        y, ind = fast.forward(spec, x)
+        if spec.mode == "max":
+            assert_same_bits(y, yg)
+        elif path == "global_cf":
+            assert_close(y, yg, dtype, window_size(spec, shape))
+        else:
+            np.testing.assert_array_equal(y, yg)
+        if spec.return_indices:
+            np.testing.assert_array_equal(ind, indg)
+
+
+# ---- backward ------------------------------------------------------------------------------
+
+def check_fast_backward(spec, shape, dtype, x, dy_seed, threads, expected_path):
+    fast, generic = CBackend(threads=threads), CBackend(threads=threads, generic_only=True)
+    assert fast.kernel_path(spec, shape, dtype, backward=True) == expected_path
+    g = spec.resolve(shape)
+    dy = np.random.default_rng(dy_seed).uniform(-1, 1, size=g.output_shape).astype(dtype)
+    if spec.mode == "max":
+        _, ind = generic.forward(spec.replace(return_indices=True), x)
+        dx = fast.backward(spec, shape, dy, indices=ind)
+        assert_same_bits(dx, generic.backward(spec, shape, dy, indices=ind))  # same order of sums
+        assert_close(dx, reference.backward(spec, shape, dy, indices=ind), dtype, window_size(spec, shape), scale=1.0)
+    else:
+        dx = fast.backward(spec, shape, dy)
+        taps = window_size(spec, shape)
+        assert_close(dx, generic.backward(spec, shape, dy), dtype, taps, scale=1.0)
+        assert_close(dx, reference.backward(spec, shape, dy), dtype, taps, scale=1.0)
+
+
+BACK_DTYPES = ("float32", "float64")
+
+
+@examples(300)
+@given(data=st.data(), case=st.one_of(cf_rows_cases(modes=("max",), dtypes=BACK_DTYPES),
+                                      cl_cases(modes=("max",), dtypes=BACK_DTYPES),
+                                      specs(modes=("max",), dtypes=BACK_DTYPES)),
+       threads=THREADS)
+def test_max_backward(data, case, threads):
+    spec, shape, dtype = case
+    x = data.draw(arrays(shape, dtype))
+    check_fast_backward(spec, shape, dtype, x, data.draw(st.integers(0, 2**32 - 1)), threads, "max_back")
+
+
+@examples(300)
+@given(data=st.data(), case=cf_rows_cases(modes=("avg",), dtypes=BACK_DTYPES), threads=THREADS)
+def test_avg_backward_cf_rows(data, case, threads):
+    spec, shape, dtype = case
+    path = "avg_back_k2" if spec.resolve(shape).kernel[-1] == 2 else "avg_back_k3"
+    check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, path)
+
+
+@examples(300)
+@given(data=st.data(), case=cl_cases(modes=("avg",), dtypes=BACK_DTYPES), threads=THREADS)
+def test_avg_backward_cl(data, case, threads):
+    spec, shape, dtype = case
+    check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, "avg_back_cl")
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+@pytest.mark.parametrize("bad", ["negative", "other_plane", "past_end", "between_channels"])
+def test_max_backward_fast_path_refuses_bad_indices(layout, bad):
+    spec = PoolSpec("max", (2, 2), layout=layout)
+    shape = (2, 3, 6, 6) if layout == "channels_first" else (2, 6, 6, 3)
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    b = CBackend(threads=2)
+    assert b.kernel_path(spec, shape, "float32", backward=True) == "max_back"
+    _, ind = b.forward(spec.replace(return_indices=True), x)
+    ind = ind.copy()
+    first = ind.reshape(-1)
+    if bad == "negative":
+        first[0] = -1
+    elif bad == "other_plane":
+        first[-1] = 0  # the last output's window lies in another (batch, channel) plane
+    elif bad == "past_end":
+        first[-1] = x.size
+    else:
+        if layout == "channels_first":
+            pytest.skip("channels-first planes are contiguous: nothing lies between them")
+        first[0] += 1  # the next channel's element
+    dy = np.ones(ind.shape, np.float32)
+    with pytest.raises(_kernels.KernelError) as err:
+        b.backward(spec, shape, dy, indices=ind)
+    assert err.value.status == "POOL_E_INDEX"
+
+
+def test_generic_only_flag_and_unknown_flags():
+    spec, shape = PoolSpec("max", (2, 2)), (1, 1, 4, 4)
+    assert CBackend().kernel_path(spec, shape, "float32") == "cf_rows_k2"
+    assert CBackend(generic_only=True).kernel_path(spec, shape, "float32") == "generic"
+    assert CBackend().kernel_path(spec.replace(mode="lp"), shape, "float32") == "generic"
+    d = _kernels.PoolDesc()
+    d.mode, d.dtype, d.layout, d.rank, d.nthreads, d.batch, d.channels = 0, 0, 0, 1, 1, 1, 1
+    d.in_shape[0] = d.out_shape[0] = d.kernel[0] = d.stride[0] = d.dilation[0] = 1
+    x = np.zeros(1, np.float32)
+    y = np.zeros(1, np.float32)
+    assert _kernels.pool_forward(d, x.ctypes.data, 4, y.ctypes.data, 4, None, 0) == 0
+    d.flags = 2  # no such flag
+    assert _kernels.STATUS[_kernels.pool_forward(d, x.ctypes.data, 4, y.ctypes.data, 4, None, 0)] == "POOL_E_PARAM"
+    assert _kernels.path(d) is None
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_small_call_path_is_lean(dtype):
+    """The plan cache returns the same descriptor for the same (spec, shape, dtype), and a call
+    with another shape still goes through every check."""
+    b = CBackend(threads=2)
+    spec = PoolSpec("max", (2, 2))
+    x = np.ones((1, 16, 32, 32), dtype)
+    assert b._plan(spec, x.shape, x.dtype) is b._plan(spec, x.shape, x.dtype)
+    with pytest.raises(SpecError):
+        b.forward(spec, np.ones((1, 16, 1, 1), dtype))
