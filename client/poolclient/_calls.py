@@ -20,10 +20,10 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 # as the server's default: a 256 MiB tensor and the rest of its message
 DEFAULT_MAX_MESSAGE_BYTES = 257 << 20
 # Inputs of at least this many bytes go through PoolChunked instead of Pool.  Chosen with
-# bench/service_sizes.py on a 2-vCPU machine (README, "Service performance"): at 1 MiB one
-# message and chunks were level (5.9 vs 6.3 ms), from 2 MiB on chunks won at every size
-# (2 MiB 11.4 vs 9.9 ms, 16 MiB 79 vs 36 ms, 256 MiB 3.4 vs 1.0 s).
-DEFAULT_CHUNK_THRESHOLD = 2 << 20
+# bench/service_sizes.py on a 2-vCPU machine (README, "Service performance"): in two runs the
+# paths were level at 2 MiB (chunks 13% faster in one, 8% slower in the other) and chunks won at
+# every size from 4 MiB on (4 MiB: 16.3 vs 10.7 ms; 16 MiB: 60 vs 31 ms; 256 MiB: 3.0 vs 0.44 s).
+DEFAULT_CHUNK_THRESHOLD = 4 << 20
 DEFAULT_CHUNK_BYTES = 1 << 20
 
 
