@@ -2,7 +2,8 @@
 #   make serve      build, install into .venv, start the server on localhost
 #   make test       install with the test extra and run the whole suite (and the sanitizer run)
 #   make test-asan  the kernel tests against an AddressSanitizer + UBSan build of the kernels
-#   make bench      benchmarks; results under bench/results/
+#   make bench      benchmarks; results under bench/results/ (bench-policy: auto's backend table;
+#                   bench-service: latency vs tensor size, unary vs chunked vs echo)
 #   make bench-kernels  the kernel benchmark alone: C vs ONNX Runtime vs PyTorch vs the memory floor
 #   make bench-onnx the ONNX backend's overhead over a bare session.run
 #   make protos     regenerate the committed gRPC stubs (client/poolclient/_proto) from protos/
@@ -17,7 +18,7 @@ SOURCES := pyproject.toml setup.py $(wildcard kernels/*.c kernels/*.h kernels/*.
 ASAN_LIB := build/asan/libpoolkernels.so
 CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -DPOOL_NO_CLONES
 
-.PHONY: venv serve test test-py test-asan soak bench bench-kernels bench-onnx protos clean
+.PHONY: venv serve test test-py test-asan soak bench bench-policy bench-service bench-kernels bench-onnx protos clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,7 +69,9 @@ protos: $(STAMP)
 	$(PY) protos/generate.py
 
 # Every benchmark, one after another; each writes its own results under bench/results/.
-bench: bench-kernels bench-onnx
+# bench-policy rewrites auto's table from this machine's measurements.
+bench: bench-kernels bench-onnx bench-policy bench-service
+
 
 # The ONNX backend's per-call overhead over a bare InferenceSession.run (bench/results/onnx_overhead.json)
 bench-onnx: $(STAMP)
@@ -84,6 +87,16 @@ $(BENCH_STAMP): $(STAMP)
 # BENCH_ARGS="--quick" for a smoke run, "--only vgg" for some cases.
 bench-kernels: $(BENCH_STAMP)
 	$(PY) bench/kernels.py $(BENCH_ARGS)
+
+# auto's backend table: every backend timed per mode, window, dtype and size bucket; writes
+# server/poolserve/backend_policy.json (loaded by the server) and bench/results/ (about 2 minutes)
+bench-policy: $(STAMP)
+	$(PY) bench/backend_policy.py $(BENCH_ARGS)
+
+# latency vs tensor size, 4 KiB-256 MiB: Pool vs PoolChunked vs a bare echo, one run (a few minutes);
+# bench/results/service_sizes.{json,png}; it prints the client's chunk threshold
+bench-service: $(BENCH_STAMP)
+	$(PY) bench/service_sizes.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info server/poolserve/*.so .hypothesis .pytest_cache

@@ -44,7 +44,7 @@ def test_health_reflection_and_probe():
         from google.protobuf import descriptor_pb2
         fd = descriptor_pb2.FileDescriptorProto.FromString(files.file_descriptor_response.file_descriptor_proto[0])
         assert fd.package == "poolserve.v1" and [m.name for m in fd.service[0].method] == \
-            ["Pool", "PoolBackward", "PoolStream", "GetServerInfo"]
+            ["Pool", "PoolBackward", "PoolStream", "PoolChunked", "GetServerInfo"]
         probe = [sys.executable, "-m", "poolserve.app", "health", "--target", srv.target]
         assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
     # the server is gone: the probe fails

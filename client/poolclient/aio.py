@@ -25,7 +25,9 @@ class AsyncPoolClient:
 
     def __init__(self, target: str = calls.DEFAULT_TARGET, *, timeout: float | None = 60.0, tls=None,
                  retries: int = 3, max_message_bytes: int = calls.DEFAULT_MAX_MESSAGE_BYTES,
-                 options=(), metadata=(), token: str | None = None, lb_policy: str | None = None):
+                 options=(), metadata=(), token: str | None = None, lb_policy: str | None = None,
+                 chunk_threshold: int | None = calls.DEFAULT_CHUNK_THRESHOLD,
+                 chunk_bytes: int = calls.DEFAULT_CHUNK_BYTES):
         creds, tls_opts = calls.credentials(tls)
         target = calls.channel_target(target)
         opts = calls.channel_options(retries, max_message_bytes, list(options) + tls_opts,
@@ -35,6 +37,9 @@ class AsyncPoolClient:
                          else grpc.aio.insecure_channel(target, options=opts))
         self._stub = pb_grpc.PoolingStub(self._channel)
         self.target, self.timeout, self.metadata = target, timeout, tuple(metadata)
+        self.chunk_threshold, self.chunk_bytes = chunk_threshold, int(chunk_bytes)
+        if self.chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes={chunk_bytes}: must be >= 1")
 
     async def close(self) -> None:
         await self._channel.close()
@@ -55,8 +60,26 @@ class AsyncPoolClient:
     async def pool(self, x: np.ndarray, spec: Spec | pb.PoolSpec | None = None, *,
                    layout: str = "channels_first", timeout=None, metadata=None, **kwargs):
         spec = calls.make_spec(spec, kwargs)
+        x = np.asarray(x)
+        if self.chunk_threshold is not None and x.nbytes >= self.chunk_threshold:
+            return await self.pool_chunked(x, spec, layout=layout, timeout=timeout, metadata=metadata)
         resp = await self._call(self._stub.Pool, calls.pool_request(x, spec, layout), timeout, metadata)
         return calls.pool_result(resp, calls.wants_indices(spec))
+
+    async def pool_chunked(self, x: np.ndarray, spec: Spec | pb.PoolSpec | None = None, *,
+                           layout: str = "channels_first", timeout=None, metadata=None, **kwargs):
+        """pool() through PoolChunked whatever the size (pool() picks it by itself for big inputs)."""
+        spec = calls.make_spec(spec, kwargs)
+        reader = calls.ChunkedReader(calls.wants_indices(spec))
+        call = self._stub.PoolChunked(calls.chunked_requests(x, spec, layout, self.chunk_bytes),
+                                      timeout=self.timeout if timeout is None else timeout,
+                                      metadata=self.metadata + tuple(metadata or ()))
+        try:
+            async for msg in call:
+                reader.feed(msg)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return reader.result()
 
     async def max_pool(self, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                        return_indices=False, **kw):

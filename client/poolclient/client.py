@@ -39,11 +39,16 @@ class PoolClient:
     lb_policy: how calls are spread over the target's addresses: "round_robin" (the default
                for a list of addresses or a "dns:///" name: every replica gets a share) or
                "pick_first" (the default for one "host:port": one connection).
+    chunk_threshold: inputs of at least this many bytes are sent with PoolChunked, as a stream of
+               chunk_bytes pieces, and answered in pieces: faster than one big message from a few
+               MiB up (see README, "Service performance").  None: always one message (Pool).
     """
 
     def __init__(self, target: str = calls.DEFAULT_TARGET, *, timeout: float | None = 60.0, tls=None,
                  retries: int = 3, max_message_bytes: int = calls.DEFAULT_MAX_MESSAGE_BYTES,
-                 options=(), metadata=(), token: str | None = None, lb_policy: str | None = None):
+                 options=(), metadata=(), token: str | None = None, lb_policy: str | None = None,
+                 chunk_threshold: int | None = calls.DEFAULT_CHUNK_THRESHOLD,
+                 chunk_bytes: int = calls.DEFAULT_CHUNK_BYTES):
         creds, tls_opts = calls.credentials(tls)
         target = calls.channel_target(target)
         opts = calls.channel_options(retries, max_message_bytes, list(options) + tls_opts,
@@ -53,6 +58,9 @@ class PoolClient:
                          else grpc.insecure_channel(target, options=opts))
         self._stub = pb_grpc.PoolingStub(self._channel)
         self.target, self.timeout, self.metadata = target, timeout, tuple(metadata)
+        self.chunk_threshold, self.chunk_bytes = chunk_threshold, int(chunk_bytes)
+        if self.chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes={chunk_bytes}: must be >= 1")
 
     # -- plumbing -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -77,8 +85,25 @@ class PoolClient:
         """Pool ``x``: y, or (y, indices) when the spec asks for indices.  ``spec`` is a
         :class:`Spec`, a wire PoolSpec, or given as keyword arguments (mode=..., kernel_size=...)."""
         spec = calls.make_spec(spec, kwargs)
+        x = np.asarray(x)
+        if self.chunk_threshold is not None and x.nbytes >= self.chunk_threshold:
+            return self.pool_chunked(x, spec, layout=layout, timeout=timeout, metadata=metadata)
         resp = self._call(self._stub.Pool, calls.pool_request(x, spec, layout), timeout, metadata)
         return calls.pool_result(resp, calls.wants_indices(spec))
+
+    def pool_chunked(self, x: np.ndarray, spec: Spec | pb.PoolSpec | None = None, *,
+                     layout: str = "channels_first", timeout: float | None = None, metadata=None, **kwargs):
+        """pool() through PoolChunked whatever the size (pool() picks it by itself for big inputs)."""
+        spec = calls.make_spec(spec, kwargs)
+        reader = calls.ChunkedReader(calls.wants_indices(spec))
+        try:
+            for msg in self._stub.PoolChunked(calls.chunked_requests(x, spec, layout, self.chunk_bytes),
+                                              timeout=self.timeout if timeout is None else timeout,
+                                              metadata=self.metadata + tuple(metadata or ())):
+                reader.feed(msg)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return reader.result()
 
     def max_pool(self, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                  return_indices=False, **kw):

@@ -6,8 +6,10 @@ the servicers knows a backend.  Every check that depends on the request happens 
 a backend is called: shapes against the spec, element limits, backward's indices.
 
 Backends plug in by name through :mod:`poolserve.backends`' registry.  A request names one
-(``backend="c"``) or leaves it to the policy: ``auto`` takes the first backend in registry order
-that is available and runs the spec and dtype; a backend name makes that one the default.  A
+(``backend="c"``) or leaves it to the policy: ``auto`` takes the backend that measured fastest
+for the request's spec class, dtype and input size (:mod:`poolserve.policy`'s table) when it is
+available and runs the request, else the first in registry order that does; a backend name
+makes that one the default.  A
 backend or provider that was asked for and is not available is Unsupported (FAILED_PRECONDITION),
 never silently replaced.
 """
@@ -24,6 +26,7 @@ import numpy as np
 from . import backends
 from .backends.base import Unsupported
 from .errors import LimitExceeded
+from .policy import PolicyTable
 from .spec import FLOAT_DTYPES, INDEX_DTYPE, Geometry, PoolSpec, SpecError
 
 DEFAULT_MAX_ELEMENTS = 1 << 28  # 256 Mi elements: a 256 MiB int8 or a 1 GiB float32 tensor
@@ -80,10 +83,11 @@ def _qualify(e: SpecError, tensor_field: str) -> SpecError:
 class Dispatcher:
     def __init__(self, *, default_backend: str = "auto", kernel_threads: int | None = None,
                  onnx_threads: int | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS,
-                 max_result_bytes: int | None = None):
+                 max_result_bytes: int | None = None, policy: PolicyTable | None = None):
         """max_result_bytes: refuse, before computing, a result that could not be sent back
         (the transport's message limit).  Without it a small backward request could make the
         server allocate a gradient of up to max_elements float64s."""
+        self.policy = policy if policy is not None else PolicyTable()
         self.max_elements = int(max_elements)
         self.max_result_bytes = max_result_bytes
         self.kernel_threads = kernel_threads or os.cpu_count() or 1
@@ -127,7 +131,8 @@ class Dispatcher:
             return inst
 
     # -- choosing a backend ---------------------------------------------------------------------
-    def choose(self, spec: PoolSpec, dtype: str, backend: str = "", provider: str = "", op: str = "forward"):
+    def choose(self, spec: PoolSpec, dtype: str, backend: str = "", provider: str = "", op: str = "forward",
+               shape=None):
         """(backend instance, name, provider) for this request, or Unsupported saying why not.
 
         ``op`` "backward" asks a backend's ``supports_backward`` where it has one (a backend may
@@ -138,6 +143,11 @@ class Dispatcher:
             raise SpecError("spec.backend", backend, f"unknown backend; known: {', '.join(self.slots)}")
         explicit = backend or (self.default_backend if self.default_backend != "auto" else "")
         names = [explicit] if explicit else list(self.slots)
+        if not explicit and shape is not None:
+            # auto: the table's pick first, then the rest in registry order
+            best = self.policy.preferred(spec, dtype, math.prod(shape) * np.dtype(dtype).itemsize)
+            if best in self.slots:
+                names = [best] + [n for n in names if n != best]
         reasons = []
         for name in names:
             slot = self.slots[name]
@@ -178,12 +188,20 @@ class Dispatcher:
         return g
 
     # -- the two operations -----------------------------------------------------------------------
+    def check_forward(self, spec: PoolSpec, shape, dtype: np.dtype, *, backend: str = "", provider: str = ""):
+        """Every check of a forward request that needs only its header (shape and dtype, not the
+        data), and the backend choice: (geometry, (instance, name, provider)).
+
+        forward() runs it first; PoolChunked also runs it before it receives any data, so a bad
+        request is refused before megabytes cross the wire, through this same code."""
+        self._check_elements("input.shape", shape)
+        g = self.resolve(spec, shape, dtype.name, "input")
+        per_element = dtype.itemsize + (8 if spec.return_indices else 0)
+        self._check_result_bytes("input.shape", shape, g.output_elements * per_element)
+        return g, self.choose(spec, dtype.name, backend, provider, shape=shape)
+
     def forward(self, spec: PoolSpec, x: np.ndarray, *, backend: str = "", provider: str = "") -> Result:
-        self._check_elements("input.shape", x.shape)
-        g = self.resolve(spec, x.shape, x.dtype.name, "input")
-        per_element = x.dtype.itemsize + (8 if spec.return_indices else 0)
-        self._check_result_bytes("input.shape", x.shape, g.output_elements * per_element)
-        inst, name, prov = self.choose(spec, x.dtype.name, backend, provider)
+        _, (inst, name, prov) = self.check_forward(spec, x.shape, x.dtype, backend=backend, provider=provider)
         y, ind = inst.forward(spec, x)
         return Result(y, ind, name, prov)
 
@@ -235,7 +253,8 @@ class Dispatcher:
                 if hasattr(slot.cls, "isa"):
                     entry["isa"] = slot.cls.isa()
             out.append(entry)
-        return {"default_backend": self.default_backend, "backends": out, "max_elements": self.max_elements}
+        return {"default_backend": self.default_backend, "backends": out, "max_elements": self.max_elements,
+                "policy": self.policy.describe(), "policy_source": self.policy.source}
 
 
 def _check_indices(g: Geometry, indices: np.ndarray) -> None:

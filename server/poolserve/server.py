@@ -82,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
           "seconds before the server asks a client to reconnect (GOAWAY), so clients re-resolve and "
           "reach new pods behind a headless Service (0: never)")
     _flag(parser, "default-backend", "auto", help_text="backend for requests that name none: auto, c or onnx")
+    _flag(parser, "backend-policy", "", str,
+          "auto's table (JSON from bench/backend_policy.py); default: the one shipped in the package")
     _flag(parser, "model-repository", None,
           help_text="JSON or YAML file of Open Inference Protocol models to serve beside the defaults "
                     "(see poolserve/models.py)")
@@ -122,6 +124,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     _tune_malloc(args.malloc_top_pad)
+    _tune_openmp()
     # grpc and the backends are imported here, after any fork (see the module docstring)
     import grpc
     from concurrent import futures
@@ -135,6 +138,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
 
     from . import guard, security
     from .dispatch import Dispatcher
+    from .policy import PolicyTable
     from .models import RepositoryError, load_repository
     from .services.inference import SERVICE_NAME as INFERENCE_SERVICE_NAME
     from .services.inference import InferenceServicer
@@ -144,7 +148,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
 
     try:
         dispatcher = Dispatcher(default_backend=args.default_backend, kernel_threads=args.kernel_threads,
-                                max_elements=args.max_elements,
+                                max_elements=args.max_elements, policy=PolicyTable.load(args.backend_policy),
                                 max_result_bytes=args.max_message_bytes - 64 * 1024)  # room for the rest
     except ValueError as e:
         log.error("cannot start", extra={"fields": {"error": str(e)}})
@@ -372,6 +376,20 @@ def _exit_with_parent() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
     except (OSError, AttributeError):
         pass  # not Linux: the parent still stops its workers on a normal shutdown
+
+
+def _tune_openmp() -> None:
+    """OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise; before the kernels load.
+
+    libgomp's default lets a thread that reaches the end of a parallel region spin, then sleep,
+    waiting for the others.  On a machine whose cores are shared with the gRPC threads, the
+    client and other processes, the second kernel thread is often not running, and the call
+    waits for the scheduler instead: max pool 2x2 of 1x64x56x56 float32 with 2 kernel threads,
+    p50 8.0 ms with the default policy against 1.27 ms passive (1 thread: 1.25 ms), measured on
+    this 2-vCPU machine at load average ~5 (README, "Service performance").  Passive costs a
+    futex wake per region when cores are idle, microseconds.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _tune_malloc(top_pad: int) -> None:

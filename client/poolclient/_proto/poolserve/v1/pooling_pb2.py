@@ -24,21 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apoolserve/v1/pooling.proto\x12\x0cpoolserve.v1\"o\n\x06Tensor\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.poolserve.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\x06layout\x18\x03 \x01(\x0e\x32\x14.poolserve.v1.Layout\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xb1\x02\n\x08PoolSpec\x12 \n\x04mode\x18\x01 \x01(\x0e\x32\x12.poolserve.v1.Mode\x12\x14\n\x0ckernel_shape\x18\x02 \x03(\x03\x12\x0f\n\x07strides\x18\x03 \x03(\x03\x12\x0c\n\x04pads\x18\x04 \x03(\x03\x12\'\n\x08\x61uto_pad\x18\x05 \x01(\x0e\x32\x15.poolserve.v1.AutoPad\x12\x11\n\tdilations\x18\x06 \x03(\x03\x12\x11\n\tceil_mode\x18\x07 \x01(\x08\x12\x19\n\x11\x63ount_include_pad\x18\x08 \x01(\x08\x12\x0e\n\x01p\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0ereturn_indices\x18\n \x01(\x08\x12\x13\n\x0bglobal_pool\x18\x0b \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x0c \x01(\t\x12\x10\n\x08provider\x18\r \x01(\tB\x04\n\x02_p\"X\n\x0bPoolRequest\x12#\n\x05input\x18\x01 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.poolserve.v1.PoolSpec\"~\n\x0cPoolResponse\x12$\n\x06output\x18\x01 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12%\n\x07indices\x18\x02 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\"\xc7\x01\n\x13PoolBackwardRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.poolserve.v1.PoolSpec\x12\x13\n\x0binput_shape\x18\x02 \x03(\x03\x12)\n\x0bgrad_output\x18\x03 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12%\n\x07indices\x18\x04 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12#\n\x05input\x18\x05 \x01(\x0b\x32\x14.poolserve.v1.Tensor\"c\n\x14PoolBackwardResponse\x12(\n\ngrad_input\x18\x01 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\"\x13\n\x11ServerInfoRequest\"o\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tproviders\x18\x04 \x03(\t\x12\x0b\n\x03isa\x18\x05 \x01(\t\x12\x0f\n\x07threads\x18\x06 \x01(\x05\"S\n\nModeDTypes\x12 \n\x04mode\x18\x01 \x01(\x0e\x32\x12.poolserve.v1.Mode\x12#\n\x06\x64types\x18\x02 \x03(\x0e\x32\x13.poolserve.v1.DType\"p\n\x06Limits\x12\x19\n\x11max_message_bytes\x18\x01 \x01(\x03\x12\x14\n\x0cmax_elements\x18\x02 \x01(\x03\x12\x1b\n\x13max_concurrent_rpcs\x18\x03 \x01(\x05\x12\x18\n\x10max_spatial_rank\x18\x04 \x01(\x05\"\x92\x02\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x14\n\x0cworker_index\x18\x03 \x01(\x05\x12\x0f\n\x07workers\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65\x66\x61ult_backend\x18\x05 \x01(\t\x12+\n\x08\x62\x61\x63kends\x18\x06 \x03(\x0b\x32\x19.poolserve.v1.BackendInfo\x12(\n\x06\x64types\x18\x07 \x03(\x0b\x32\x18.poolserve.v1.ModeDTypes\x12$\n\x06limits\x18\x08 \x01(\x0b\x32\x14.poolserve.v1.Limits\x12\x16\n\x0eworker_threads\x18\t \x01(\x05\x12\x11\n\tcpu_count\x18\n \x01(\x05*s\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x12\x0c\n\x08\x42\x46LOAT16\x10\x04\x12\x08\n\x04INT8\x10\x05\x12\t\n\x05UINT8\x10\x06\x12\t\n\x05INT64\x10\x07*/\n\x06Layout\x12\x12\n\x0e\x43HANNELS_FIRST\x10\x00\x12\x11\n\rCHANNELS_LAST\x10\x01*6\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x07\n\x03MAX\x10\x01\x12\x07\n\x03\x41VG\x10\x02\x12\x06\n\x02LP\x10\x03*@\n\x07\x41utoPad\x12\n\n\x06NOTSET\x10\x00\x12\x0e\n\nSAME_UPPER\x10\x01\x12\x0e\n\nSAME_LOWER\x10\x02\x12\t\n\x05VALID\x10\x03\x32\xb4\x02\n\x07Pooling\x12=\n\x04Pool\x12\x19.poolserve.v1.PoolRequest\x1a\x1a.poolserve.v1.PoolResponse\x12U\n\x0cPoolBackward\x12!.poolserve.v1.PoolBackwardRequest\x1a\".poolserve.v1.PoolBackwardResponse\x12G\n\nPoolStream\x12\x19.poolserve.v1.PoolRequest\x1a\x1a.poolserve.v1.PoolResponse(\x01\x30\x01\x12J\n\rGetServerInfo\x12\x1f.poolserve.v1.ServerInfoRequest\x1a\x18.poolserve.v1.ServerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apoolserve/v1/pooling.proto\x12\x0cpoolserve.v1\"o\n\x06Tensor\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.poolserve.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\x06layout\x18\x03 \x01(\x0e\x32\x14.poolserve.v1.Layout\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xb1\x02\n\x08PoolSpec\x12 \n\x04mode\x18\x01 \x01(\x0e\x32\x12.poolserve.v1.Mode\x12\x14\n\x0ckernel_shape\x18\x02 \x03(\x03\x12\x0f\n\x07strides\x18\x03 \x03(\x03\x12\x0c\n\x04pads\x18\x04 \x03(\x03\x12\'\n\x08\x61uto_pad\x18\x05 \x01(\x0e\x32\x15.poolserve.v1.AutoPad\x12\x11\n\tdilations\x18\x06 \x03(\x03\x12\x11\n\tceil_mode\x18\x07 \x01(\x08\x12\x19\n\x11\x63ount_include_pad\x18\x08 \x01(\x08\x12\x0e\n\x01p\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0ereturn_indices\x18\n \x01(\x08\x12\x13\n\x0bglobal_pool\x18\x0b \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x0c \x01(\t\x12\x10\n\x08provider\x18\r \x01(\tB\x04\n\x02_p\"X\n\x0bPoolRequest\x12#\n\x05input\x18\x01 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.poolserve.v1.PoolSpec\"~\n\x0cPoolResponse\x12$\n\x06output\x18\x01 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12%\n\x07indices\x18\x02 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\"N\n\x12PoolChunkedRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.poolserve.v1.PoolRequest\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"P\n\x13PoolChunkedResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.poolserve.v1.PoolResponse\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"\xc7\x01\n\x13PoolBackwardRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.poolserve.v1.PoolSpec\x12\x13\n\x0binput_shape\x18\x02 \x03(\x03\x12)\n\x0bgrad_output\x18\x03 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12%\n\x07indices\x18\x04 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12#\n\x05input\x18\x05 \x01(\x0b\x32\x14.poolserve.v1.Tensor\"c\n\x14PoolBackwardResponse\x12(\n\ngrad_input\x18\x01 \x01(\x0b\x32\x14.poolserve.v1.Tensor\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\"\x13\n\x11ServerInfoRequest\"o\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tproviders\x18\x04 \x03(\t\x12\x0b\n\x03isa\x18\x05 \x01(\t\x12\x0f\n\x07threads\x18\x06 \x01(\x05\"S\n\nModeDTypes\x12 \n\x04mode\x18\x01 \x01(\x0e\x32\x12.poolserve.v1.Mode\x12#\n\x06\x64types\x18\x02 \x03(\x0e\x32\x13.poolserve.v1.DType\"p\n\x06Limits\x12\x19\n\x11max_message_bytes\x18\x01 \x01(\x03\x12\x14\n\x0cmax_elements\x18\x02 \x01(\x03\x12\x1b\n\x13max_concurrent_rpcs\x18\x03 \x01(\x05\x12\x18\n\x10max_spatial_rank\x18\x04 \x01(\x05\"\x80\x02\n\x0bPolicyEntry\x12 \n\x04mode\x18\x01 \x01(\x0e\x32\x12.poolserve.v1.Mode\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\"\n\x05\x64type\x18\x03 \x01(\x0e\x32\x13.poolserve.v1.DType\x12\x11\n\tmin_bytes\x18\x04 \x01(\x03\x12\x11\n\tmax_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x35\n\x06micros\x18\x07 \x03(\x0b\x32%.poolserve.v1.PolicyEntry.MicrosEntry\x1a-\n\x0bMicrosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd4\x02\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x14\n\x0cworker_index\x18\x03 \x01(\x05\x12\x0f\n\x07workers\x18\x04 \x01(\x05\x12\x17\n\x0f\x64\x65\x66\x61ult_backend\x18\x05 \x01(\t\x12+\n\x08\x62\x61\x63kends\x18\x06 \x03(\x0b\x32\x19.poolserve.v1.BackendInfo\x12(\n\x06\x64types\x18\x07 \x03(\x0b\x32\x18.poolserve.v1.ModeDTypes\x12$\n\x06limits\x18\x08 \x01(\x0b\x32\x14.poolserve.v1.Limits\x12\x16\n\x0eworker_threads\x18\t \x01(\x05\x12\x11\n\tcpu_count\x18\n \x01(\x05\x12)\n\x06policy\x18\x0b \x03(\x0b\x32\x19.poolserve.v1.PolicyEntry\x12\x15\n\rpolicy_source\x18\x0c \x01(\t*s\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x12\x0c\n\x08\x42\x46LOAT16\x10\x04\x12\x08\n\x04INT8\x10\x05\x12\t\n\x05UINT8\x10\x06\x12\t\n\x05INT64\x10\x07*/\n\x06Layout\x12\x12\n\x0e\x43HANNELS_FIRST\x10\x00\x12\x11\n\rCHANNELS_LAST\x10\x01*6\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x07\n\x03MAX\x10\x01\x12\x07\n\x03\x41VG\x10\x02\x12\x06\n\x02LP\x10\x03*@\n\x07\x41utoPad\x12\n\n\x06NOTSET\x10\x00\x12\x0e\n\nSAME_UPPER\x10\x01\x12\x0e\n\nSAME_LOWER\x10\x02\x12\t\n\x05VALID\x10\x03\x32\x8c\x03\n\x07Pooling\x12=\n\x04Pool\x12\x19.poolserve.v1.PoolRequest\x1a\x1a.poolserve.v1.PoolResponse\x12U\n\x0cPoolBackward\x12!.poolserve.v1.PoolBackwardRequest\x1a\".poolserve.v1.PoolBackwardResponse\x12G\n\nPoolStream\x12\x19.poolserve.v1.PoolRequest\x1a\x1a.poolserve.v1.PoolResponse(\x01\x30\x01\x12V\n\x0bPoolChunked\x12 .poolserve.v1.PoolChunkedRequest\x1a!.poolserve.v1.PoolChunkedResponse(\x01\x30\x01\x12J\n\rGetServerInfo\x12\x1f.poolserve.v1.ServerInfoRequest\x1a\x18.poolserve.v1.ServerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'poolserve.v1.pooling_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1596
-  _globals['_DTYPE']._serialized_end=1711
-  _globals['_LAYOUT']._serialized_start=1713
-  _globals['_LAYOUT']._serialized_end=1760
-  _globals['_MODE']._serialized_start=1762
-  _globals['_MODE']._serialized_end=1816
-  _globals['_AUTOPAD']._serialized_start=1818
-  _globals['_AUTOPAD']._serialized_end=1882
+  _globals['_POLICYENTRY_MICROSENTRY']._loaded_options = None
+  _globals['_POLICYENTRY_MICROSENTRY']._serialized_options = b'8\001'
+  _globals['_DTYPE']._serialized_start=2083
+  _globals['_DTYPE']._serialized_end=2198
+  _globals['_LAYOUT']._serialized_start=2200
+  _globals['_LAYOUT']._serialized_end=2247
+  _globals['_MODE']._serialized_start=2249
+  _globals['_MODE']._serialized_end=2303
+  _globals['_AUTOPAD']._serialized_start=2305
+  _globals['_AUTOPAD']._serialized_end=2369
   _globals['_TENSOR']._serialized_start=44
   _globals['_TENSOR']._serialized_end=155
   _globals['_POOLSPEC']._serialized_start=158
@@ -47,20 +49,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POOLREQUEST']._serialized_end=553
   _globals['_POOLRESPONSE']._serialized_start=555
   _globals['_POOLRESPONSE']._serialized_end=681
-  _globals['_POOLBACKWARDREQUEST']._serialized_start=684
-  _globals['_POOLBACKWARDREQUEST']._serialized_end=883
-  _globals['_POOLBACKWARDRESPONSE']._serialized_start=885
-  _globals['_POOLBACKWARDRESPONSE']._serialized_end=984
-  _globals['_SERVERINFOREQUEST']._serialized_start=986
-  _globals['_SERVERINFOREQUEST']._serialized_end=1005
-  _globals['_BACKENDINFO']._serialized_start=1007
-  _globals['_BACKENDINFO']._serialized_end=1118
-  _globals['_MODEDTYPES']._serialized_start=1120
-  _globals['_MODEDTYPES']._serialized_end=1203
-  _globals['_LIMITS']._serialized_start=1205
-  _globals['_LIMITS']._serialized_end=1317
-  _globals['_SERVERINFO']._serialized_start=1320
-  _globals['_SERVERINFO']._serialized_end=1594
-  _globals['_POOLING']._serialized_start=1885
-  _globals['_POOLING']._serialized_end=2193
+  _globals['_POOLCHUNKEDREQUEST']._serialized_start=683
+  _globals['_POOLCHUNKEDREQUEST']._serialized_end=761
+  _globals['_POOLCHUNKEDRESPONSE']._serialized_start=763
+  _globals['_POOLCHUNKEDRESPONSE']._serialized_end=843
+  _globals['_POOLBACKWARDREQUEST']._serialized_start=846
+  _globals['_POOLBACKWARDREQUEST']._serialized_end=1045
+  _globals['_POOLBACKWARDRESPONSE']._serialized_start=1047
+  _globals['_POOLBACKWARDRESPONSE']._serialized_end=1146
+  _globals['_SERVERINFOREQUEST']._serialized_start=1148
+  _globals['_SERVERINFOREQUEST']._serialized_end=1167
+  _globals['_BACKENDINFO']._serialized_start=1169
+  _globals['_BACKENDINFO']._serialized_end=1280
+  _globals['_MODEDTYPES']._serialized_start=1282
+  _globals['_MODEDTYPES']._serialized_end=1365
+  _globals['_LIMITS']._serialized_start=1367
+  _globals['_LIMITS']._serialized_end=1479
+  _globals['_POLICYENTRY']._serialized_start=1482
+  _globals['_POLICYENTRY']._serialized_end=1738
+  _globals['_POLICYENTRY_MICROSENTRY']._serialized_start=1693
+  _globals['_POLICYENTRY_MICROSENTRY']._serialized_end=1738
+  _globals['_SERVERINFO']._serialized_start=1741
+  _globals['_SERVERINFO']._serialized_end=2081
+  _globals['_POOLING']._serialized_start=2372
+  _globals['_POOLING']._serialized_end=2768
 # @@protoc_insertion_point(module_scope)

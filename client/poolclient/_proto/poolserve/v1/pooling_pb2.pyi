@@ -117,6 +117,22 @@ class PoolResponse(_message.Message):
     provider: str
     def __init__(self, output: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ..., backend: _Optional[str] = ..., provider: _Optional[str] = ...) -> None: ...
 
+class PoolChunkedRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PoolRequest
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[PoolRequest, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class PoolChunkedResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: PoolResponse
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[PoolResponse, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
 class PoolBackwardRequest(_message.Message):
     __slots__ = ("spec", "input_shape", "grad_output", "indices", "input")
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -181,8 +197,33 @@ class Limits(_message.Message):
     max_spatial_rank: int
     def __init__(self, max_message_bytes: _Optional[int] = ..., max_elements: _Optional[int] = ..., max_concurrent_rpcs: _Optional[int] = ..., max_spatial_rank: _Optional[int] = ...) -> None: ...
 
+class PolicyEntry(_message.Message):
+    __slots__ = ("mode", "window", "dtype", "min_bytes", "max_bytes", "backend", "micros")
+    class MicrosEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MIN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MICROS_FIELD_NUMBER: _ClassVar[int]
+    mode: Mode
+    window: str
+    dtype: DType
+    min_bytes: int
+    max_bytes: int
+    backend: str
+    micros: _containers.ScalarMap[str, float]
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., window: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., min_bytes: _Optional[int] = ..., max_bytes: _Optional[int] = ..., backend: _Optional[str] = ..., micros: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "pid", "worker_index", "workers", "default_backend", "backends", "dtypes", "limits", "worker_threads", "cpu_count")
+    __slots__ = ("version", "pid", "worker_index", "workers", "default_backend", "backends", "dtypes", "limits", "worker_threads", "cpu_count", "policy", "policy_source")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     WORKER_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +234,8 @@ class ServerInfo(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     WORKER_THREADS_FIELD_NUMBER: _ClassVar[int]
     CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     worker_index: int
@@ -203,4 +246,6 @@ class ServerInfo(_message.Message):
     limits: Limits
     worker_threads: int
     cpu_count: int
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., worker_index: _Optional[int] = ..., workers: _Optional[int] = ..., default_backend: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., dtypes: _Optional[_Iterable[_Union[ModeDTypes, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., worker_threads: _Optional[int] = ..., cpu_count: _Optional[int] = ...) -> None: ...
+    policy: _containers.RepeatedCompositeFieldContainer[PolicyEntry]
+    policy_source: str
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., worker_index: _Optional[int] = ..., workers: _Optional[int] = ..., default_backend: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., dtypes: _Optional[_Iterable[_Union[ModeDTypes, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., worker_threads: _Optional[int] = ..., cpu_count: _Optional[int] = ..., policy: _Optional[_Iterable[_Union[PolicyEntry, _Mapping]]] = ..., policy_source: _Optional[str] = ...) -> None: ...

@@ -50,6 +50,11 @@ class PoolingStub:
                 request_serializer=poolserve_dot_v1_dot_pooling__pb2.PoolRequest.SerializeToString,
                 response_deserializer=poolserve_dot_v1_dot_pooling__pb2.PoolResponse.FromString,
                 _registered_method=True)
+        self.PoolChunked = channel.stream_stream(
+                '/poolserve.v1.Pooling/PoolChunked',
+                request_serializer=poolserve_dot_v1_dot_pooling__pb2.PoolChunkedRequest.SerializeToString,
+                response_deserializer=poolserve_dot_v1_dot_pooling__pb2.PoolChunkedResponse.FromString,
+                _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
                 '/poolserve.v1.Pooling/GetServerInfo',
                 request_serializer=poolserve_dot_v1_dot_pooling__pb2.ServerInfoRequest.SerializeToString,
@@ -85,6 +90,14 @@ class PoolingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PoolChunked(self, request_iterator, context):
+        """One big tensor as a stream of chunks, answered in chunks (see PoolChunkedRequest): the same
+        validation, backends, errors and result as Pool, faster for tensors of a few MiB and more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServerInfo(self, request, context):
         """What this server offers: version, backends, providers, dtypes, limits, threads, pid.
         """
@@ -109,6 +122,11 @@ def add_PoolingServicer_to_server(servicer, server):
                     servicer.PoolStream,
                     request_deserializer=poolserve_dot_v1_dot_pooling__pb2.PoolRequest.FromString,
                     response_serializer=poolserve_dot_v1_dot_pooling__pb2.PoolResponse.SerializeToString,
+            ),
+            'PoolChunked': grpc.stream_stream_rpc_method_handler(
+                    servicer.PoolChunked,
+                    request_deserializer=poolserve_dot_v1_dot_pooling__pb2.PoolChunkedRequest.FromString,
+                    response_serializer=poolserve_dot_v1_dot_pooling__pb2.PoolChunkedResponse.SerializeToString,
             ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerInfo,
@@ -198,6 +216,33 @@ class Pooling:
             '/poolserve.v1.Pooling/PoolStream',
             poolserve_dot_v1_dot_pooling__pb2.PoolRequest.SerializeToString,
             poolserve_dot_v1_dot_pooling__pb2.PoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PoolChunked(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/poolserve.v1.Pooling/PoolChunked',
+            poolserve_dot_v1_dot_pooling__pb2.PoolChunkedRequest.SerializeToString,
+            poolserve_dot_v1_dot_pooling__pb2.PoolChunkedResponse.FromString,
             options,
             channel_credentials,
             insecure,
