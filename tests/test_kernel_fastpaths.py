@@ -138,7 +138,11 @@ def clean_arrays(draw, shape, dtype):
     float32 first); ties, -0/+0 and +-inf mixed in."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     size = int(np.prod(shape))
-    kind = draw(st.sampled_from(["ties", "spread", "special"]))
+    if np.dtype(dtype).kind in "iu":
+        return rng.integers(-3 if np.dtype(dtype).kind == "i" else 0, 4, size=size).astype(dtype).reshape(shape)
+    kind = draw(st.sampled_from(["ties", "spread", "special", "zeros"]))
+    if kind == "zeros":  # the maximum is often a 0 of either sign: the order of ties shows in the bits
+        return rng.choice([-1.0, -0.0, 0.0], size=size).astype(dtype).reshape(shape)
     x = rng.integers(-3, 4, size=size).astype(np.float64) if kind != "spread" else rng.uniform(-100, 100, size)
     if kind == "special":
         mask = rng.random(size) < 0.3
@@ -154,30 +158,47 @@ def test_cf_rows_float16_max_nan_free(data, case, threads):
     check_fast_forward(case, data.draw(clean_arrays(case[1], case[2])), threads, "cf_rows")
 
 
+@examples(300)
+@given(data=st.data(), case=cf_rows_cases(modes=("max",)), threads=THREADS)
+def test_cf_rows_max_nan_free(data, case, threads):
+    """Every dtype on NaN-free planes: the fused loops, and for 3x3/s2 without indices on rows of
+    at most 256 outputs the separable form (horizontal 3-max rows kept and reused, then the
+    vertical 3-max); bitwise the generic path."""
+    check_fast_forward(case, data.draw(clean_arrays(case[1], case[2])), threads, "cf_rows")
+
+
 @pytest.mark.parametrize("spec,shape", [
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (2, 3, 17, 113)),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (1, 2, 16, 9)),
+    (PoolSpec("max", (3, 3), strides=(2, 2)), (1, 2, 15, 513)),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(0, 1, 0, 1), ceil_mode=True), (3, 1, 12, 14)),
     (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), return_indices=True), (1, 3, 17, 523)),
     (PoolSpec("max", (2, 2), return_indices=True), (2, 2, 6, 515)),
     (PoolSpec("max", (2, 2), return_indices=False), (1, 1, 5, 9)),
     (PoolSpec("max", (2, 2, 2), return_indices=True), (1, 2, 5, 7, 259)),
     (PoolSpec("max", (3, 3), strides=(2, 2), ceil_mode=True, return_indices=True), (1, 2, 9, 258)),
 ])
-@pytest.mark.parametrize("nan", [False, True])
-def test_cf_rows_float16_max_edges(spec, shape, nan):
-    """Odd widths, widths across the 256-column block, 2/3/4-row windows, clipped edge columns;
-    with a NaN the plane leaves the fused loop and the full rule applies."""
+@pytest.mark.parametrize("nan", [False, True, "zeros"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_cf_rows_max_edges(spec, shape, nan, dtype):
+    """Odd widths, widths across the 256-column block, 2/3/4-row windows, clipped edge columns,
+    several planes in a row (separable 3x3 rows must not be reused across planes); with a NaN the
+    plane leaves the fused loops and the full rule applies."""
     rng = np.random.default_rng(11)
-    x = rng.integers(-4, 5, size=shape).astype(np.float16)
+    x = rng.integers(-4, 5, size=shape).astype(dtype)
     flat = x.reshape(-1)
     flat[rng.integers(0, x.size, 40)] = -0.0
     flat[rng.integers(0, x.size, 20)] = np.inf
     flat[rng.integers(0, x.size, 20)] = -np.inf
-    if nan:
+    if nan == "zeros":
+        x = rng.choice([-1.0, -0.0, 0.0], size=shape).astype(dtype)
+    elif nan:
         flat[rng.integers(0, x.size, 5)] = np.nan
     generic = CBackend(threads=1, generic_only=True)
     yg, ig = generic.forward(spec, x)
     for threads in (1, 2):
         fast = CBackend(threads=threads)
-        assert fast.kernel_path(spec, shape, "float16") in ("cf_rows_k2", "cf_rows_k3")
+        assert fast.kernel_path(spec, shape, dtype) in ("cf_rows_k2", "cf_rows_k3")
         y, ind = fast.forward(spec, x)
         assert_same_bits(y, yg)
         if spec.return_indices:
