@@ -205,6 +205,28 @@ def test_cf_rows_max_edges(spec, shape, nan, dtype):
             np.testing.assert_array_equal(ind, ig)
 
 
+@pytest.mark.parametrize("spec,shape", [
+    (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (1, 3, 17, 523)),
+    (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), count_include_pad=True), (2, 2, 16, 9)),
+    (PoolSpec("avg", (2, 2)), (2, 2, 6, 515)),
+    (PoolSpec("avg", (2, 2, 2)), (1, 2, 5, 7, 259)),
+    (PoolSpec("avg", (3, 3), strides=(2, 2), ceil_mode=True), (1, 2, 9, 258)),
+])
+def test_cf_rows_float16_avg(spec, shape):
+    """float16 avg: rows converted to float32, summed in scan order, rounded once -- the generic
+    path's values (NaN payloads aside), with inf, -0 and NaN in the input."""
+    rng = np.random.default_rng(13)
+    x = rng.uniform(-100, 100, size=shape).astype(np.float16)
+    flat = x.reshape(-1)
+    for v, k in ((-0.0, 40), (np.inf, 10), (-np.inf, 10), (np.nan, 5), (65504.0, 20)):
+        flat[rng.integers(0, x.size, k)] = v
+    yg, _ = CBackend(threads=1, generic_only=True).forward(spec, x)
+    for threads in (1, 2):
+        fast = CBackend(threads=threads)
+        assert fast.kernel_path(spec, shape, "float16") in ("cf_rows_k2", "cf_rows_k3")
+        np.testing.assert_array_equal(fast.forward(spec, x)[0], yg)
+
+
 @st.composite
 def cl_cases(draw, modes=("max", "avg"), dtypes=None):
     """Channels-last, any window (global included): the cl path.  Channel counts cross the
