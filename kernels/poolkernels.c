@@ -135,7 +135,8 @@ static int covering_outputs(const pool_geom *g, int a, int64_t t, int64_t *o)
 }
 
 /* Which fast path a call takes.  The fast paths cover float32/float64/float16 for max and avg
- * (int8/uint8 for max), forward; float32/float64 backward.  Lp always runs the generic kernels. */
+ * (int8/uint8 for max), forward; float32/float64 backward, and float16 backward channels-first.
+ * Lp always runs the generic kernels. */
 enum pool_path {
     PATH_GENERIC, PATH_CF_ROWS_K2, PATH_CF_ROWS_K3, PATH_CL, PATH_GLOBAL_CF,
     PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL
