@@ -135,7 +135,8 @@ static int covering_outputs(const pool_geom *g, int a, int64_t t, int64_t *o)
 }
 
 /* Which fast path a call takes.  The fast paths cover float32/float64/float16 for max and avg
- * (int8/uint8 for max), forward; float32/float64 backward.  Lp always runs the generic kernels. */
+ * (int8/uint8 for max), forward; float32/float64 backward, and float16 backward channels-first.
+ * Lp always runs the generic kernels. */
 enum pool_path {
     PATH_GENERIC, PATH_CF_ROWS_K2, PATH_CF_ROWS_K3, PATH_CL, PATH_GLOBAL_CF,
     PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL
@@ -168,8 +169,14 @@ static int64_t forward_items(const pool_geom *g, int path)
 
 static int backward_path(const pool_desc *d, const pool_geom *g)
 {
-    /* float16 gradients are summed in a float32 scratch plane: the generic path */
-    if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP || d->dtype == POOL_F16) return PATH_GENERIC;
+    if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;
+    /* float16 gradients are summed in float32 scratch: channels-first planes (max) and cf_rows
+     * rows (avg) have fast paths that do so; channels-last float16 takes the generic path */
+    if (d->dtype == POOL_F16) {
+        if (g->es != 1) return PATH_GENERIC;
+        if (d->mode == POOL_MAX) return PATH_MAX_BACK;
+        return cf_rows_fits(g) ? (g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3) : PATH_GENERIC;
+    }
     if (d->mode == POOL_MAX) return PATH_MAX_BACK;
     if (d->layout == POOL_CHANNELS_LAST) return PATH_AVG_BACK_CL;
     if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3;
@@ -223,6 +230,60 @@ static void thread_share(int64_t items, int64_t *first, int64_t *last)
 
 /* ---- the generic kernels and the fast paths, once per dtype ---------------------------------- */
 typedef uint16_t __attribute__((may_alias)) half_bits; /* a float16's bits, read in place */
+
+/* float16 <-> float32 over contiguous runs.  GCC 12 does not vectorise these conversions, not even
+ * in the x86-64-v3/v4 clones (one vcvtph2ps per element), so the F16C forms are written with
+ * intrinsics in functions built for AVX2+F16C, picked at run time; the plain loops elsewhere.
+ * Both are exact up: float16 -> float32, and round to nearest even down, as (_Float16)f does. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define POOL_HAVE_F16C_PATH 1
+__attribute__((target("avx2,f16c"))) static void half_to_float_f16c(const _Float16 *s, float *d, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(s + i))));
+    for (; i < n; i++) d[i] = (float)s[i];
+}
+
+__attribute__((target("avx2,f16c"))) static void float_to_half_f16c(const float *s, _Float16 *d, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(void *)(d + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) d[i] = (_Float16)s[i];
+}
+
+static int have_f16c;
+__attribute__((constructor)) static void detect_f16c(void)
+{
+    __builtin_cpu_init();
+    have_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+}
+#endif
+
+static void half_to_float(const _Float16 *restrict s, float *restrict d, int64_t n)
+{
+#ifdef POOL_HAVE_F16C_PATH
+    if (have_f16c) {
+        half_to_float_f16c(s, d, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) d[i] = (float)s[i];
+}
+
+static void float_to_half(const float *restrict s, _Float16 *restrict d, int64_t n)
+{
+#ifdef POOL_HAVE_F16C_PATH
+    if (have_f16c) {
+        float_to_half_f16c(s, d, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) d[i] = (_Float16)s[i];
+}
 #define T float
 #define ACC float
 #define LOAD(v) (v)
@@ -266,8 +327,10 @@ typedef uint16_t __attribute__((may_alias)) half_bits; /* a float16's bits, read
 #define HAS_ARITH 1
 /* on the bits: GCC folds (float)h != (float)h back into a float16 compare, a libgcc call */
 #define NAN_AT(p, i) ((((const half_bits *)(p))[i] & 0x7fff) > 0x7c00)
+#define HALF_VIA_F32 1 /* pool_fast.inc: cf_rows max folds rows converted to float32, backward sums in float32 scratch */
 #include "pool_generic.inc"
 #include "pool_fast.inc"
+#undef HALF_VIA_F32
 #undef T
 #undef ACC
 #undef LOAD

@@ -133,6 +133,101 @@ def test_global_cf_forward(data, case, threads):
 
 
 @st.composite
+def clean_arrays(draw, shape, dtype):
+    """No NaN anywhere, so every plane takes the NaN-free fused loops (float16: rows converted to
+    float32 first); ties, -0/+0 and +-inf mixed in."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    size = int(np.prod(shape))
+    if np.dtype(dtype).kind in "iu":
+        return rng.integers(-3 if np.dtype(dtype).kind == "i" else 0, 4, size=size).astype(dtype).reshape(shape)
+    kind = draw(st.sampled_from(["ties", "spread", "special", "zeros"]))
+    if kind == "zeros":  # the maximum is often a 0 of either sign: the order of ties shows in the bits
+        return rng.choice([-1.0, -0.0, 0.0], size=size).astype(dtype).reshape(shape)
+    x = rng.integers(-3, 4, size=size).astype(np.float64) if kind != "spread" else rng.uniform(-100, 100, size)
+    if kind == "special":
+        mask = rng.random(size) < 0.3
+        x[mask] = rng.choice([np.inf, -np.inf, 0.0, -0.0, 65504.0, -65504.0], size=int(mask.sum()))
+    return x.astype(dtype).reshape(shape)
+
+
+@examples(400)
+@given(data=st.data(), case=cf_rows_cases(modes=("max",), dtypes=("float16",)), threads=THREADS)
+def test_cf_rows_float16_max_nan_free(data, case, threads):
+    """float16 max on NaN-free planes: the rows are converted to float32 (F16C where the CPU has
+    it) and folded there; values and indices bitwise those of the generic path."""
+    check_fast_forward(case, data.draw(clean_arrays(case[1], case[2])), threads, "cf_rows")
+
+
+@examples(300)
+@given(data=st.data(), case=cf_rows_cases(modes=("max",)), threads=THREADS)
+def test_cf_rows_max_nan_free(data, case, threads):
+    """Every dtype on NaN-free planes: the fused loops, and for 3x3/s2 without indices on rows of
+    at most 256 outputs the separable form (horizontal 3-max rows kept and reused, then the
+    vertical 3-max); bitwise the generic path."""
+    check_fast_forward(case, data.draw(clean_arrays(case[1], case[2])), threads, "cf_rows")
+
+
+@pytest.mark.parametrize("spec,shape", [
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (2, 3, 17, 113)),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (1, 2, 16, 9)),
+    (PoolSpec("max", (3, 3), strides=(2, 2)), (1, 2, 15, 513)),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(0, 1, 0, 1), ceil_mode=True), (3, 1, 12, 14)),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), return_indices=True), (1, 3, 17, 523)),
+    (PoolSpec("max", (2, 2), return_indices=True), (2, 2, 6, 515)),
+    (PoolSpec("max", (2, 2), return_indices=False), (1, 1, 5, 9)),
+    (PoolSpec("max", (2, 2, 2), return_indices=True), (1, 2, 5, 7, 259)),
+    (PoolSpec("max", (3, 3), strides=(2, 2), ceil_mode=True, return_indices=True), (1, 2, 9, 258)),
+])
+@pytest.mark.parametrize("nan", [False, True, "zeros"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_cf_rows_max_edges(spec, shape, nan, dtype):
+    """Odd widths, widths across the 256-column block, 2/3/4-row windows, clipped edge columns,
+    several planes in a row (separable 3x3 rows must not be reused across planes); with a NaN the
+    plane leaves the fused loops and the full rule applies."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-4, 5, size=shape).astype(dtype)
+    flat = x.reshape(-1)
+    flat[rng.integers(0, x.size, 40)] = -0.0
+    flat[rng.integers(0, x.size, 20)] = np.inf
+    flat[rng.integers(0, x.size, 20)] = -np.inf
+    if nan == "zeros":
+        x = rng.choice([-1.0, -0.0, 0.0], size=shape).astype(dtype)
+    elif nan:
+        flat[rng.integers(0, x.size, 5)] = np.nan
+    generic = CBackend(threads=1, generic_only=True)
+    yg, ig = generic.forward(spec, x)
+    for threads in (1, 2):
+        fast = CBackend(threads=threads)
+        assert fast.kernel_path(spec, shape, dtype) in ("cf_rows_k2", "cf_rows_k3")
+        y, ind = fast.forward(spec, x)
+        assert_same_bits(y, yg)
+        if spec.return_indices:
+            np.testing.assert_array_equal(ind, ig)
+
+
+@pytest.mark.parametrize("spec,shape", [
+    (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (1, 3, 17, 523)),
+    (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), count_include_pad=True), (2, 2, 16, 9)),
+    (PoolSpec("avg", (2, 2)), (2, 2, 6, 515)),
+    (PoolSpec("avg", (2, 2, 2)), (1, 2, 5, 7, 259)),
+    (PoolSpec("avg", (3, 3), strides=(2, 2), ceil_mode=True), (1, 2, 9, 258)),
+])
+def test_cf_rows_float16_avg(spec, shape):
+    """float16 avg: rows converted to float32, summed in scan order, rounded once -- the generic
+    path's values (NaN payloads aside), with inf, -0 and NaN in the input."""
+    rng = np.random.default_rng(13)
+    x = rng.uniform(-100, 100, size=shape).astype(np.float16)
+    flat = x.reshape(-1)
+    for v, k in ((-0.0, 40), (np.inf, 10), (-np.inf, 10), (np.nan, 5), (65504.0, 20)):
+        flat[rng.integers(0, x.size, k)] = v
+    yg, _ = CBackend(threads=1, generic_only=True).forward(spec, x)
+    for threads in (1, 2):
+        fast = CBackend(threads=threads)
+        assert fast.kernel_path(spec, shape, "float16") in ("cf_rows_k2", "cf_rows_k3")
+        np.testing.assert_array_equal(fast.forward(spec, x)[0], yg)
+
+
+@st.composite
 def cl_cases(draw, modes=("max", "avg"), dtypes=None):
     """Channels-last, any window (global included): the cl path.  Channel counts cross the
     256-channel block now and then."""
@@ -242,14 +337,58 @@ def test_avg_backward_cl(data, case, threads):
     check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, "avg_back_cl")
 
 
+@examples(300)
+@given(data=st.data(), case=st.one_of(cf_rows_cases(modes=("max",), dtypes=("float16",)),
+                                      specs(modes=("max",), dtypes=("float16",))),
+       threads=THREADS)
+def test_max_backward_float16(data, case, threads):
+    """float16 max backward, channels-first: summed in a float32 scratch plane in output order and
+    rounded once, as the generic path does: bitwise equal.  Channels-last float16 stays generic."""
+    spec, shape, dtype = case
+    x = data.draw(arrays(shape, dtype))
+    path = "max_back" if spec.layout == "channels_first" or shape[-1] == 1 else "generic"
+    check_fast_backward(spec, shape, dtype, x, data.draw(st.integers(0, 2**32 - 1)), threads, path)
+
+
+@examples(300)
+@given(data=st.data(), case=cf_rows_cases(modes=("avg",), dtypes=("float16",)), threads=THREADS)
+def test_avg_backward_cf_rows_float16(data, case, threads):
+    """float16 avg backward, cf_rows shapes: each input row summed in a float32 scratch row."""
+    spec, shape, dtype = case
+    path = "avg_back_k2" if spec.resolve(shape).kernel[-1] == 2 else "avg_back_k3"
+    check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, path)
+
+
+def test_float16_backward_big_calls_split_over_threads():
+    rng = np.random.default_rng(5)
+    shape = (1, 3, 97, 301)
+    x = rng.integers(-20, 20, size=shape).astype(np.float16)
+    for spec in (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), PoolSpec("max", (2, 2)),
+                 PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), count_include_pad=True)):
+        generic = CBackend(threads=1, generic_only=True)
+        dy = rng.uniform(-1, 1, size=spec.resolve(shape).output_shape).astype(np.float16)
+        ind = generic.forward(spec.replace(return_indices=True), x)[1] if spec.mode == "max" else None
+        expected = generic.backward(spec, shape, dy, indices=ind)
+        for threads in (1, 2, 3):
+            dx = CBackend(threads=threads).backward(spec, shape, dy, indices=ind)
+            if spec.mode == "max":
+                assert_same_bits(dx, expected)
+            else:
+                assert_close(dx, expected, "float16", window_size(spec, shape), scale=1.0)
+
+
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("bad", ["negative", "other_plane", "past_end", "between_channels"])
-def test_max_backward_fast_path_refuses_bad_indices(layout, bad):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype):
     spec = PoolSpec("max", (2, 2), layout=layout)
     shape = (2, 3, 6, 6) if layout == "channels_first" else (2, 6, 6, 3)
-    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal(shape).astype(dtype)
     b = CBackend(threads=2)
-    assert b.kernel_path(spec, shape, "float32", backward=True) == "max_back"
+    if dtype == "float16" and layout == "channels_last":
+        assert b.kernel_path(spec, shape, dtype, backward=True) == "generic"  # checks its own indices
+    else:
+        assert b.kernel_path(spec, shape, dtype, backward=True) == "max_back"
     _, ind = b.forward(spec.replace(return_indices=True), x)
     ind = ind.copy()
     first = ind.reshape(-1)
@@ -263,7 +402,7 @@ def test_max_backward_fast_path_refuses_bad_indices(layout, bad):
         if layout == "channels_first":
             pytest.skip("channels-first planes are contiguous: nothing lies between them")
         first[0] += 1  # the next channel's element
-    dy = np.ones(ind.shape, np.float32)
+    dy = np.ones(ind.shape, dtype)
     with pytest.raises(_kernels.KernelError) as err:
         b.backward(spec, shape, dy, indices=ind)
     assert err.value.status == "POOL_E_INDEX"
