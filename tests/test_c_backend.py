@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from poolserve import reference
 from poolserve.backends.c import CBackend
-from poolserve.spec import PoolSpec
+from poolserve.spec import PoolSpec, SpecError
 
 from strategies import arrays, assert_close, examples, specs, window_size
 
@@ -86,3 +86,24 @@ def test_max_backward_sums_overlapping_windows():
     dy = np.ones((1, 1, 3, 3), np.float32)
     dx = CBackend().backward(spec, x.shape, dy, x=x)
     assert dx[0, 0, 2, 2] == 9.0 and dx.sum() == 9.0
+
+
+EDGE = st.one_of(st.integers(1, 4), st.sampled_from([2**31 - 1, 2**31, 2**31 + 1, 2**40, 2**62]))
+
+
+@examples(300)
+@given(kernel=st.lists(EDGE, min_size=1, max_size=3), data=st.data())
+def test_what_the_spec_accepts_the_kernels_accept(kernel, data):
+    """The two layers of checks agree: a spec that resolves never gets a kernel refusal (which
+    the service would have to report as INTERNAL).  Edge values sit around the kernels' limits."""
+    r = len(kernel)
+    strides = data.draw(st.lists(EDGE, min_size=r, max_size=r))
+    dil = data.draw(st.lists(EDGE, min_size=r, max_size=r))
+    try:
+        spec = PoolSpec("max", kernel, strides=strides, dilations=dil, ceil_mode=data.draw(st.booleans()))
+        shape = (1, 1) + tuple(data.draw(st.integers(1, 6)) for _ in range(r))
+        spec.resolve(shape)
+    except SpecError:
+        return
+    x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    check_forward(CBackend(), spec, x)

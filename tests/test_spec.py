@@ -129,6 +129,9 @@ BAD = [
     (dict(global_pool=True, kernel_shape=(2,)), "kernel_shape"),
     (dict(global_pool=True, ceil_mode=True), "ceil_mode"),
     (dict(kernel_shape=(2.5,)), "kernel_shape"),
+    (dict(kernel_shape=(1,), strides=(1 << 40,)), "strides"),       # past the kernels' limit
+    (dict(kernel_shape=(1 << 32,)), "kernel_shape"),
+    (dict(kernel_shape=(1,), dilations=(1 << 33,)), "dilations"),
 ]
 
 

@@ -50,6 +50,9 @@ INDEX_DTYPE = "int64"
 
 # Requests are refused past this many elements in one tensor; the service may set a lower limit.
 MAX_ELEMENTS = 1 << 40
+# Largest kernel, stride or dilation entry: the C kernels refuse larger ones (PARAM_LIMIT in
+# kernels/poolkernels.c), so the spec refuses them first, naming the field.
+MAX_PARAM = 1 << 31
 
 
 class SpecError(ValueError):
@@ -144,6 +147,9 @@ class PoolSpec:
                             f"needs 1 to {MAX_SPATIAL_RANK} entries, one per spatial axis")
         if any(k < 1 for k in self.kernel_shape):
             raise SpecError("kernel_shape", self.kernel_shape, "entries must be >= 1")
+        for name in ("kernel_shape", "strides", "dilations"):
+            if any(v > MAX_PARAM for v in getattr(self, name)):
+                raise SpecError(name, getattr(self, name), f"entries must be <= {MAX_PARAM}")
         if self.strides and len(self.strides) != r:
             raise SpecError("strides", self.strides, f"needs {r} entries, one per spatial axis")
         if any(s < 1 for s in self.strides):
@@ -202,6 +208,8 @@ class PoolSpec:
             n, c, spatial = shape[0], shape[-1], shape[1:-1]
         r = len(spatial)
         if self.global_pool:
+            if any(d > MAX_PARAM for d in spatial):
+                raise SpecError("shape", shape, f"global pooling takes spatial axes of at most {MAX_PARAM}")
             kernel, strides, dil = spatial, (1,) * r, (1,) * r
             pb, pe = (0,) * r, (0,) * r
         else:
