@@ -13,6 +13,7 @@ import numpy as np
 from hypothesis import assume, settings
 from hypothesis import strategies as st
 
+from poolserve import reference
 from poolserve.spec import DTYPES_BY_MODE, PoolSpec, SpecError
 
 # `make test-asan` runs the kernel tests on a build ~5x slower: it scales example counts down.
@@ -102,3 +103,18 @@ def assert_close(actual, expected, dtype, taps: int, scale: float = 100.0):
     out_eps = np.finfo(dtype).eps
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64),
                                rtol=2 * out_eps + (8 + taps) * acc_eps, atol=4 * taps * acc_eps * scale + 2 * out_eps)
+
+
+def assert_matches_reference(spec: PoolSpec, x, y, ind=None):
+    """A forward result against the numpy reference: exact for max values and indices (NaN equals
+    NaN), within assert_close's bound for avg and lp."""
+    yr, ir = reference.forward(spec, x)
+    assert y.shape == yr.shape and y.dtype.name == yr.dtype.name
+    if spec.mode == "max":
+        np.testing.assert_array_equal(y, yr)
+        if spec.return_indices:
+            np.testing.assert_array_equal(ind, ir)
+        else:
+            assert ind is None
+    else:
+        assert_close(y, yr, x.dtype.name, window_size(spec, x.shape))

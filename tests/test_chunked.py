@@ -19,7 +19,7 @@ from poolserve import reference
 from poolserve.spec import PoolSpec
 
 from serving import ServerProcess, health_status
-from strategies import assert_close, window_size
+from strategies import assert_matches_reference
 
 MAX_ELEMENTS = 1 << 20
 MAX_MESSAGE = 2 << 20  # bytes: below what MAX_ELEMENTS float64s take, to test both limits
@@ -39,14 +39,7 @@ def stub(server):
 
 def check(spec: PoolSpec, x, got):
     y, ind = got if spec.return_indices else (got, None)
-    yr, ir = reference.forward(spec, x)
-    assert y.shape == yr.shape and y.dtype == yr.dtype
-    if spec.mode == "max":
-        np.testing.assert_array_equal(y, yr)
-        if spec.return_indices:
-            np.testing.assert_array_equal(ind, ir)
-    else:
-        assert_close(y, yr, x.dtype.name, window_size(spec, x.shape))
+    assert_matches_reference(spec, x, y, ind)
 
 
 # threshold 4000 bytes: inputs of 2 x 3 x h x w float32 cross it as h grows (h = 13: 3744, 14: 4032)

@@ -23,7 +23,7 @@ from poolserve import backends, reference
 from poolserve.spec import DTYPES_BY_MODE, PoolSpec
 
 from serving import ROOT, ServerProcess, backend_params
-from strategies import arrays, assert_close, examples, specs, window_size
+from strategies import arrays, assert_close, assert_matches_reference, examples, specs
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +58,9 @@ def to_client_spec(spec: PoolSpec, backend: str | None) -> Spec:
                 global_pool=spec.global_pool, backend=backend)
 
 
-def check(spec: PoolSpec, x: np.ndarray, got):
+def check(spec: PoolSpec, x, got):
     y, ind = got if spec.return_indices else (got, None)
-    yr, ir = reference.forward(spec, x)
-    assert y.shape == yr.shape and y.dtype == yr.dtype
-    if spec.mode == "max":
-        np.testing.assert_array_equal(y, yr)
-        if spec.return_indices:
-            np.testing.assert_array_equal(ind, ir)
-    else:
-        assert_close(y, yr, x.dtype.name, window_size(spec, x.shape))
+    assert_matches_reference(spec, x, y, ind)
 
 
 # -- every backend x mode x dtype x rank x layout ----------------------------------------------------

@@ -141,6 +141,19 @@ def channel_options(retries: int, max_message_bytes: int, extra=(), lb_policy: s
     return opts + list(extra)
 
 
+def open_channel(grpc_module, target, tls, retries: int, max_message_bytes: int, options, lb_policy,
+                 token, metadata):
+    """The channel both clients open, from their constructor arguments.  ``grpc_module`` is grpc
+    (sync) or grpc.aio; returns (channel, resolved target, call metadata)."""
+    creds, tls_opts = credentials(tls)
+    target = channel_target(target)
+    opts = channel_options(retries, max_message_bytes, list(options) + tls_opts,
+                           lb_policy or default_lb_policy(target))
+    channel = (grpc_module.secure_channel(target, creds, options=opts) if creds
+               else grpc_module.insecure_channel(target, options=opts))
+    return channel, target, auth_metadata(token) + tuple(metadata)
+
+
 def make_spec(spec, kwargs) -> Spec:
     if spec is None:
         return Spec(**kwargs)

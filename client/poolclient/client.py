@@ -49,13 +49,8 @@ class PoolClient:
                  options=(), metadata=(), token: str | None = None, lb_policy: str | None = None,
                  chunk_threshold: int | None = calls.DEFAULT_CHUNK_THRESHOLD,
                  chunk_bytes: int = calls.DEFAULT_CHUNK_BYTES):
-        creds, tls_opts = calls.credentials(tls)
-        target = calls.channel_target(target)
-        opts = calls.channel_options(retries, max_message_bytes, list(options) + tls_opts,
-                                     lb_policy or calls.default_lb_policy(target))
-        metadata = calls.auth_metadata(token) + tuple(metadata)
-        self._channel = (grpc.secure_channel(target, creds, options=opts) if creds
-                         else grpc.insecure_channel(target, options=opts))
+        self._channel, target, metadata = calls.open_channel(grpc, target, tls, retries, max_message_bytes,
+                                                             options, lb_policy, token, metadata)
         self._stub = pb_grpc.PoolingStub(self._channel)
         self.target, self.timeout, self.metadata = target, timeout, tuple(metadata)
         self.chunk_threshold, self.chunk_bytes = chunk_threshold, int(chunk_bytes)

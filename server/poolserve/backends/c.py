@@ -5,7 +5,7 @@ allocated from it), and the kernels check everything again on their side.
 
 A small call (1x16x32x32) costs a few microseconds in the kernel, so the Python side is kept
 lean: the work that depends only on (spec, shape, dtype) -- resolving the spec, building the
-kernel descriptor, the output shapes and byte counts -- is done once and cached (a "plan", as
+kernel descriptor, the output shape -- is done once and cached (a "plan", as
 XNNPACK and oneDNN set an operator up once and run it many times); a call then allocates its
 outputs, takes three addresses and calls the kernel.
 """
@@ -58,9 +58,6 @@ class _Plan:
     geometry: Geometry
     desc: object  # ctypes.pointer(PoolDesc): passed as is, converted by nothing
     output_shape: tuple[int, ...]
-    input_bytes: int
-    output_bytes: int  # of y (forward) or dy (backward), in the data dtype
-    index_bytes: int   # of the int64 indices, one per output element
 
 
 def _descriptor(g: Geometry, dtype: str, threads: int, flags: int) -> k.PoolDesc:
@@ -92,10 +89,7 @@ def _plan(spec: PoolSpec, shape: tuple[int, ...], dtype: np.dtype, threads: int,
     """Resolve once per (spec, shape, dtype, threads, flags).  Errors are raised, never cached."""
     name = dtype.name
     g = spec.resolve(shape, name)
-    item = dtype.itemsize
-    return _Plan(geometry=g, desc=ctypes.pointer(_descriptor(g, name, threads, flags)),
-                 output_shape=g.output_shape, input_bytes=g.input_elements * item,
-                 output_bytes=g.output_elements * item, index_bytes=g.output_elements * _INDEX.itemsize)
+    return _Plan(geometry=g, desc=ctypes.pointer(_descriptor(g, name, threads, flags)), output_shape=g.output_shape)
 
 
 class CBackend:
