@@ -30,9 +30,13 @@ enum pool_layout { POOL_CHANNELS_FIRST = 0, POOL_CHANNELS_LAST = 1 };
 enum pool_flags {
     /* Run the generic per-plane kernels even where a specialised fast path exists: the tests use
      * it to check every fast path against the obviously correct code. */
-    POOL_FLAG_GENERIC_ONLY = 1
+    POOL_FLAG_GENERIC_ONLY = 1,
+    /* Split every fast-path call over all nthreads, even one small enough to run on the calling
+     * thread alone (team_size): the tests use it so the parallel split is checked on inputs small
+     * enough for property-based testing. */
+    POOL_FLAG_ALWAYS_SPLIT = 2
 };
-#define POOL_FLAGS_KNOWN 1
+#define POOL_FLAGS_KNOWN 3
 
 enum pool_status {
     POOL_OK = 0,

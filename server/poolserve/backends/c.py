@@ -95,15 +95,17 @@ def _plan(spec: PoolSpec, shape: tuple[int, ...], dtype: np.dtype, threads: int,
 class CBackend:
     name = "c"
 
-    def __init__(self, threads: int | None = None, generic_only: bool = False):
-        """threads: kernel worker threads (default: one per CPU).  generic_only: run the generic
-        kernels even where a specialised fast path exists (the tests compare the two)."""
+    def __init__(self, threads: int | None = None, generic_only: bool = False, always_split: bool = False):
+        """threads: kernel worker threads (default: one per CPU); a call under 2 MiB runs on the
+        calling thread alone, where waking another costs more than it saves.  generic_only: run
+        the generic kernels even where a specialised fast path exists, and always_split: use every
+        thread even on a small call (the tests use both, to check the fast paths and their split)."""
         threads = threads or os.cpu_count() or 1
         if not 1 <= threads <= k.MAX_THREADS:
             raise ValueError(f"threads={threads}: must be between 1 and {k.MAX_THREADS}")
         self.threads = threads
         self.generic_only = bool(generic_only)
-        self._flags = k.FLAG_GENERIC_ONLY if generic_only else 0
+        self._flags = (k.FLAG_GENERIC_ONLY if generic_only else 0) | (k.FLAG_ALWAYS_SPLIT if always_split else 0)
         self._last = None  # (spec, shape, dtype, plan) of the latest call
 
     @staticmethod
