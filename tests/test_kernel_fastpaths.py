@@ -134,6 +134,79 @@ def test_global_cf_forward(data, case, threads):
 
 
 @st.composite
+def small_global_cases(draw):
+    """Global pooling on planes of 1 to 70 elements, float32 above all: planes of at most 64 take
+    the AVX-512 form where the CPU has it (one to four masked loads a plane); 65 to 70 do not."""
+    mode = draw(st.sampled_from(["max", "avg"]))
+    dtype = draw(st.sampled_from(["float32", "float32", "float64", "float16"]))
+    size = draw(st.one_of(st.sampled_from([1, 15, 16, 17, 31, 32, 33, 48, 49, 63, 64, 65]), st.integers(1, 70)))
+    spatial = draw(st.sampled_from([(size,), (1, size)] + ([(7, 7)] if size == 49 else [])))
+    spec = PoolSpec(mode, global_pool=True, return_indices=mode == "max" and draw(st.booleans()))
+    return spec, (draw(st.integers(1, 3)), draw(st.integers(1, 40)), *spatial), dtype
+
+
+@examples(400)
+@given(data=st.data(), case=small_global_cases(), threads=THREADS)
+def test_global_cf_small_planes(data, case, threads):
+    """Values and indices bitwise the generic path's (first NaN, first maximum, -0 vs +0), with the
+    NaN, tie and infinity mixes of `arrays` and the NaN-free ones of `clean_arrays`."""
+    x = data.draw(st.one_of(arrays(case[1], case[2]), clean_arrays(case[1], case[2])))
+    check_fast_forward(case, x, threads, "global_cf")
+
+
+@pytest.mark.parametrize("size", [1, 16, 17, 49, 63, 64])
+def test_global_cf_small_planes_extremes(size):
+    """Planes of -inf only (the lanes past the plane are filled with -inf and must never be the
+    answer), a NaN in the last element only, and +0/-0 ties."""
+    spec = PoolSpec("max", global_pool=True, return_indices=True)
+    generic, fast = CBackend(threads=1, generic_only=True), CBackend(threads=2)
+    for fill in ("neg_inf", "last_nan", "zeros"):
+        x = np.full((2, 3, size), -np.inf, np.float32)
+        if fill == "last_nan":
+            x[..., -1] = np.nan
+        elif fill == "zeros":
+            x[:] = -0.0
+            x[..., -1] = 0.0
+        assert fast.kernel_path(spec, x.shape, "float32") == "global_cf"
+        y, ind = fast.forward(spec, x)
+        yg, ig = generic.forward(spec, x)
+        assert_same_bits(y, yg)
+        np.testing.assert_array_equal(ind, ig)
+
+
+@st.composite
+def cf_rows_mid_width_cases(draw):
+    """2x2/s2, 2x2x2/s2 and 3x3/s2 (pads 0 or 1) on rows of 16 to 70 outputs: blocks of 16
+    outputs with the last one overlapping the one before (VB_CHUNKS), the edge columns listed once
+    per call, rows of 2, 3 and 4 input rows."""
+    mode = draw(st.sampled_from(["max", "avg"]))
+    dtype = draw(st.sampled_from(["float32", "float32", "float64", "float16", "int8", "uint8"] if mode == "max"
+                                 else ["float32", "float64", "float16"]))
+    kind = draw(st.sampled_from(["2x2", "2x2x2", "3x3"]))
+    width = draw(st.integers(32, 141))
+    if kind == "2x2":
+        spec, spatial = PoolSpec(mode, (2, 2)), (draw(st.integers(2, 7)), width)
+    elif kind == "2x2x2":
+        spec, spatial = PoolSpec(mode, (2, 2, 2)), (draw(st.integers(2, 4)), draw(st.integers(2, 5)), width)
+    else:
+        p = draw(st.integers(0, 1))
+        spec = PoolSpec(mode, (3, 3), strides=(2, 2), pads=(p, p, p, p), ceil_mode=draw(st.booleans()))
+        spatial = (draw(st.integers(3, 9)), width)
+    if mode == "max":
+        spec = spec.replace(return_indices=draw(st.booleans()))
+    elif draw(st.booleans()):
+        spec = spec.replace(count_include_pad=True)
+    return spec, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *spatial), dtype
+
+
+@examples(300)
+@given(data=st.data(), case=cf_rows_mid_width_cases(), threads=THREADS)
+def test_cf_rows_mid_widths(data, case, threads):
+    x = data.draw(st.one_of(arrays(case[1], case[2]), clean_arrays(case[1], case[2])))
+    check_fast_forward(case, x, threads, "cf_rows")
+
+
+@st.composite
 def clean_arrays(draw, shape, dtype):
     """No NaN anywhere, so every plane takes the NaN-free fused loops (float16: rows converted to
     float32 first); ties, -0/+0 and +-inf mixed in."""
