@@ -377,6 +377,22 @@ def test_float16_backward_big_calls_split_over_threads():
                 assert_close(dx, expected, "float16", window_size(spec, shape), scale=1.0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("spec", [PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+                                  PoolSpec("avg", (2, 3), strides=(1, 2), pads=(1, 0, 1, 1), ceil_mode=True,
+                                           count_include_pad=True)])
+def test_avg_backward_rows_wider_than_the_row_cache(spec, dtype):
+    """Rows so wide that the per-thread cache of expanded rows has one slot (2 MiB budget): the
+    two output rows covering an input row then share it, and the second takes the spare slot."""
+    shape = (1, 1, 3, 2 * 262_145 + 1)
+    dy = np.random.default_rng(11).uniform(-1, 1, size=spec.resolve(shape).output_shape).astype(dtype)
+    expected = CBackend(generic_only=True).backward(spec, shape, dy)
+    for threads in (1, 2):
+        fast = CBackend(threads=threads)
+        assert fast.kernel_path(spec, shape, dtype, backward=True) == "avg_back_k3"
+        assert_close(fast.backward(spec, shape, dy), expected, dtype, window_size(spec, shape), scale=1.0)
+
+
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("bad", ["negative", "other_plane", "past_end", "between_channels"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
