@@ -170,11 +170,11 @@ static int64_t forward_items(const pool_geom *g, int path)
 static int backward_path(const pool_desc *d, const pool_geom *g)
 {
     if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;
-    /* float16 gradients are summed in float32 scratch: channels-first planes (max) and cf_rows
-     * rows (avg) have fast paths that do so; channels-last float16 takes the generic path */
+    /* float16 gradients are summed in float32 scratch: channels-first planes (max), cf_rows rows
+     * (avg) and channels-last blocks of channels (max, avg) have fast paths that do so */
     if (d->dtype == POOL_F16) {
-        if (g->es != 1) return PATH_GENERIC;
         if (d->mode == POOL_MAX) return PATH_MAX_BACK;
+        if (g->es != 1) return PATH_AVG_BACK_CL;
         return cf_rows_fits(g) ? (g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3) : PATH_GENERIC;
     }
     if (d->mode == POOL_MAX) return PATH_MAX_BACK;
@@ -192,7 +192,15 @@ static int64_t backward_channel_block(const pool_desc *d, const pool_geom *g)
         cb = (g->channels + d->nthreads - 1) / d->nthreads;
         cb = (cb + 15) / 16 * 16;
     }
-    return cb < COLS ? cb : COLS; /* the per-block scratch of the avg path holds COLS channels */
+    cb = cb < COLS ? cb : COLS; /* the per-block scratch of the avg path holds COLS channels */
+    /* float16 sums a block in float32 scratch of plane_size x cb: at most 2 MiB where 16 channels
+     * allow, so that it stays in cache (and a big image does not take plane_size x 256 floats) */
+    if (d->dtype == POOL_F16 && g->es != 1) {
+        int64_t cap = ((int64_t)2 << 20) / (4 * g->plane_size) / 16 * 16;
+        if (cap < 16) cap = 16;
+        if (cb > cap) cb = cap;
+    }
+    return cb;
 }
 
 /* Scratch of the avg rows backward (pool_fast.inc, avg_back_rows_range), per thread, in ACC
