@@ -170,11 +170,11 @@ static int64_t forward_items(const pool_geom *g, int path)
 static int backward_path(const pool_desc *d, const pool_geom *g)
 {
     if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;
-    /* float16 gradients are summed in float32 scratch: channels-first planes (max) and cf_rows
-     * rows (avg) have fast paths that do so; channels-last float16 takes the generic path */
+    /* float16 gradients are summed in float32 scratch: channels-first planes (max), cf_rows rows
+     * (avg) and channels-last blocks of channels (max, avg) have fast paths that do so */
     if (d->dtype == POOL_F16) {
-        if (g->es != 1) return PATH_GENERIC;
         if (d->mode == POOL_MAX) return PATH_MAX_BACK;
+        if (g->es != 1) return PATH_AVG_BACK_CL;
         return cf_rows_fits(g) ? (g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3) : PATH_GENERIC;
     }
     if (d->mode == POOL_MAX) return PATH_MAX_BACK;
@@ -192,7 +192,46 @@ static int64_t backward_channel_block(const pool_desc *d, const pool_geom *g)
         cb = (g->channels + d->nthreads - 1) / d->nthreads;
         cb = (cb + 15) / 16 * 16;
     }
-    return cb < COLS ? cb : COLS; /* the per-block scratch of the avg path holds COLS channels */
+    cb = cb < COLS ? cb : COLS; /* the per-block scratch of the avg path holds COLS channels */
+    /* float16 sums a block in float32 scratch of plane_size x cb: at most 2 MiB where 16 channels
+     * allow, so that it stays in cache (and a big image does not take plane_size x 256 floats) */
+    if (d->dtype == POOL_F16 && g->es != 1) {
+        int64_t cap = ((int64_t)2 << 20) / (4 * g->plane_size) / 16 * 16;
+        if (cap < 16) cap = 16;
+        if (cb > cap) cb = cap;
+    }
+    return cb;
+}
+
+/* Scratch of the avg rows backward (pool_fast.inc, avg_back_rows_range), per thread, in ACC
+ * elements, every part 64-byte aligned: the shares of one output row (OW + 3), a direct-mapped
+ * cache of expanded output rows (slots x slot_size) and a spare slot (for the second of two rows
+ * that map to the same slot), their tags (int64), and one input row (W) where float16 sums in
+ * float32. */
+typedef struct avg_back_layout {
+    int64_t slots, slot_size, cache_at, tags_at, row_at, total;
+} avg_back_layout;
+
+static void avg_back_plan(const pool_geom *g, int64_t acc_size, avg_back_layout *lay)
+{
+    const int64_t A = 64 / acc_size; /* elements per 64 bytes */
+#define ROUND_A(n) (((n) + A - 1) / A * A)
+    const int64_t W = g->in[2], OW = g->out[2];
+    /* an expanded row holds columns -p .. W - 1 + 1 (p = pb[2] <= 2, the pair of the last column) */
+    lay->slot_size = ROUND_A(W + 3);
+    /* enough slots for the output rows the next input row shares (k[1] + 1) and, when a window
+     * spans several planes of axis 0, for a whole band of out[1] rows, so the next plane finds
+     * them; at most 2 MiB, at least one slot (then nothing is reused, still correct) */
+    const int64_t want = (g->k[0] > 1 ? g->out[1] : 0) + g->k[1] + 1;
+    const int64_t budget = ((int64_t)2 << 20) / (lay->slot_size * acc_size);
+    int64_t slots = 1; /* a power of two: the slot of a row is a mask, not a division */
+    while (slots < want && slots * 2 <= budget) slots *= 2;
+    lay->slots = slots;
+    lay->cache_at = ROUND_A(OW + 3);
+    lay->tags_at = lay->cache_at + (slots + 1) * lay->slot_size; /* + a spare, untagged */
+    lay->row_at = lay->tags_at + ROUND_A(slots * (int64_t)(8 / acc_size));
+    lay->total = lay->row_at + ROUND_A(W);
+#undef ROUND_A
 }
 
 /* Work items of a backward path.  es == 1 means contiguous planes: channels-first, or

@@ -413,15 +413,30 @@ def test_avg_backward_cl(data, case, threads):
 
 @examples(300)
 @given(data=st.data(), case=st.one_of(cf_rows_cases(modes=("max",), dtypes=("float16",)),
+                                      cl_cases(modes=("max",), dtypes=("float16",)),
                                       specs(modes=("max",), dtypes=("float16",))),
        threads=THREADS)
 def test_max_backward_float16(data, case, threads):
-    """float16 max backward, channels-first: summed in a float32 scratch plane in output order and
-    rounded once, as the generic path does: bitwise equal.  Channels-last float16 stays generic."""
+    """float16 max backward: summed in float32 scratch (a plane, or channels-last a plane times a
+    block of channels) in output order and rounded once, as the generic path does: bitwise equal."""
     spec, shape, dtype = case
     x = data.draw(arrays(shape, dtype))
-    path = "max_back" if spec.layout == "channels_first" or shape[-1] == 1 else "generic"
-    check_fast_backward(spec, shape, dtype, x, data.draw(st.integers(0, 2**32 - 1)), threads, path)
+    check_fast_backward(spec, shape, dtype, x, data.draw(st.integers(0, 2**32 - 1)), threads, "max_back")
+
+
+@examples(300)
+@given(data=st.data(), case=cl_cases(modes=("avg",), dtypes=("float16",)), threads=THREADS)
+def test_avg_backward_cl_float16(data, case, threads):
+    """float16 avg backward, channels-last: the float32 path's sums in a float32 scratch block,
+    rounded once; the generic path's order of sums, so bitwise equal to it."""
+    spec, shape, dtype = case
+    # one channel is the memory of channels-first planes: those paths (or generic) take it
+    path = "avg_back_cl" if shape[-1] > 1 else CBackend().kernel_path(spec, shape, dtype, backward=True)
+    check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, path)
+    if path == "avg_back_cl":
+        dy = np.random.default_rng(1).uniform(-1, 1, size=spec.resolve(shape).output_shape).astype(dtype)
+        assert_same_bits(CBackend(threads=threads).backward(spec, shape, dy),
+                         CBackend(threads=threads, generic_only=True).backward(spec, shape, dy))
 
 
 @examples(300)
@@ -451,6 +466,44 @@ def test_float16_backward_big_calls_split_over_threads():
                 assert_close(dx, expected, "float16", window_size(spec, shape), scale=1.0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("spec", [PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+                                  PoolSpec("avg", (2, 3), strides=(1, 2), pads=(1, 0, 1, 1), ceil_mode=True,
+                                           count_include_pad=True)])
+def test_avg_backward_rows_wider_than_the_row_cache(spec, dtype):
+    """Rows so wide that the per-thread cache of expanded rows has one slot (2 MiB budget): the
+    two output rows covering an input row then share it, and the second takes the spare slot."""
+    shape = (1, 1, 3, 2 * 262_145 + 1)
+    dy = np.random.default_rng(11).uniform(-1, 1, size=spec.resolve(shape).output_shape).astype(dtype)
+    expected = CBackend(generic_only=True).backward(spec, shape, dy)
+    for threads in (1, 2):
+        fast = CBackend(threads=threads)
+        assert fast.kernel_path(spec, shape, dtype, backward=True) == "avg_back_k3"
+        assert_close(fast.backward(spec, shape, dy), expected, dtype, window_size(spec, shape), scale=1.0)
+
+
+@pytest.mark.parametrize("spec,shape", [
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last"), (1, 40, 41, 70)),
+    (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last", ceil_mode=True), (2, 41, 40, 33)),
+    # plane_size 40000: the float16 scratch cap (2 MiB) cuts the channel block to 16
+    (PoolSpec("avg", (2, 2), layout="channels_last", count_include_pad=True, pads=(0, 1, 0, 0)), (1, 200, 200, 40)),
+    (PoolSpec("max", (2, 2), layout="channels_last"), (1, 200, 200, 40)),
+])
+def test_float16_channels_last_backward_big_calls(spec, shape):
+    """float16 channels-last backward over blocks of channels split between threads: bitwise the
+    generic path (the same sums in the same order, rounded once)."""
+    rng = np.random.default_rng(9)
+    x = rng.integers(-20, 20, size=shape).astype(np.float16)
+    generic = CBackend(threads=1, generic_only=True)
+    dy = rng.uniform(-1, 1, size=spec.resolve(shape).output_shape).astype(np.float16)
+    ind = generic.forward(spec.replace(return_indices=True), x)[1] if spec.mode == "max" else None
+    expected = generic.backward(spec, shape, dy, indices=ind)
+    for threads in (1, 2, 3):
+        b = CBackend(threads=threads)
+        assert b.kernel_path(spec, shape, "float16", backward=True) == ("max_back" if spec.mode == "max" else "avg_back_cl")
+        assert_same_bits(b.backward(spec, shape, dy, indices=ind), expected)
+
+
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("bad", ["negative", "other_plane", "past_end", "between_channels"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -459,10 +512,7 @@ def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype):
     shape = (2, 3, 6, 6) if layout == "channels_first" else (2, 6, 6, 3)
     x = np.random.default_rng(3).standard_normal(shape).astype(dtype)
     b = CBackend(threads=2)
-    if dtype == "float16" and layout == "channels_last":
-        assert b.kernel_path(spec, shape, dtype, backward=True) == "generic"  # checks its own indices
-    else:
-        assert b.kernel_path(spec, shape, dtype, backward=True) == "max_back"
+    assert b.kernel_path(spec, shape, dtype, backward=True) == "max_back"
     _, ind = b.forward(spec.replace(return_indices=True), x)
     ind = ind.copy()
     first = ind.reshape(-1)
