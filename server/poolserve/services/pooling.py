@@ -11,7 +11,9 @@ import numpy as np
 
 from poolclient._proto.poolserve.v1 import pooling_pb2 as pb
 from poolclient._proto.poolserve.v1 import pooling_pb2_grpc as pb_grpc
-from poolclient.tensors import (DTYPE_BY_NUMPY, TensorError, array_chunks, check_header, fill_tensor,
+import grpc
+
+from poolclient.tensors import (DTYPE_BY_NUMPY, TensorError, array_chunks, check_header, fill_header, fill_tensor,
                                 tensor_header)
 
 from .. import __version__
@@ -20,6 +22,7 @@ from ..errors import LimitExceeded
 from ..spec import DTYPES_BY_MODE, MAX_SPATIAL_RANK, SpecError
 from .convert import ENUM_BY_MODE, from_tensor, layout_of, spec_from_proto
 from .scope import Scope
+from .wire import PoolRequestCodec, SplitResponse, serialize_response, unsplit
 
 # PoolChunked answers in pieces of this size: big enough that the per-message cost is small, small
 # enough that protobuf never handles one large bytes field (DESIGN.md: 1 MiB chunks ~4x faster
@@ -43,35 +46,38 @@ class PoolingServicer(pb_grpc.PoolingServicer):
         self.dispatcher = dispatcher
         self.facts = facts
 
-    def _decode(self, t: pb.Tensor, field: str):
-        return from_tensor(t, field, max_elements=self.dispatcher.max_elements)
+    def _decode(self, t: pb.Tensor, field: str, data=None):
+        return from_tensor(t, field, max_elements=self.dispatcher.max_elements, data=data)
 
-    def _forward(self, scope: Scope, request: pb.PoolRequest, spec, backend: str, provider: str,
+    def _forward(self, scope: Scope, request: pb.PoolRequest, data, spec, backend: str, provider: str,
                  index: int | None = None):
-        """Run one PoolRequest with an already-built spec.
+        """Run one PoolRequest with an already-built spec; ``data`` is its input's data when the
+        codec cut it out of the message (wire.py), else None.
 
-        Returns (response, bytes in, bytes out, op, the backend that ran it)."""
+        Returns (response, bytes in, bytes out, op, the backend that ran it).  The response's
+        tensors carry their header only; wire.serialize_response appends the arrays' bytes."""
         field = "input" if index is None else f"requests[{index}].input"
         if not request.HasField("input"):
             raise SpecError(field, None, "is required")
-        x = self._decode(request.input, field)
+        x = self._decode(request.input, field, data)
         scope.shape = x.shape
         scope.check_deadline()
         r = self.dispatcher.forward(spec, x, backend=backend, provider=provider)
         out = pb.PoolResponse(backend=r.backend, provider=r.provider)
-        fill_tensor(out.output, r.output, spec.layout)  # in place: no second copy of the data
+        arrays = {"output": fill_header(out.output, r.output, spec.layout)}
         if r.indices is not None:
-            fill_tensor(out.indices, r.indices, spec.layout)
+            arrays["indices"] = fill_header(out.indices, r.indices, spec.layout)
         nbytes_out = r.output.nbytes + (r.indices.nbytes if r.indices is not None else 0)
-        return out, x.nbytes, nbytes_out, spec.mode, r.backend
+        return SplitResponse(out, arrays), x.nbytes, nbytes_out, spec.mode, r.backend
 
     def Pool(self, request, context):
+        request, data = unsplit(request)
         with Scope("Pool", context) as s:
             if not request.HasField("spec"):
                 raise SpecError("spec", None, "is required")
             spec = spec_from_proto(request.spec, layout_of(request.input))
             s.op = spec.mode
-            out, s.bytes_in, s.bytes_out, _, s.backend = self._forward(s, request, spec, request.spec.backend,
+            out, s.bytes_in, s.bytes_out, _, s.backend = self._forward(s, request, data, spec, request.spec.backend,
                                                                        request.spec.provider)
             return out
 
@@ -80,6 +86,7 @@ class PoolingServicer(pb_grpc.PoolingServicer):
             spec, backend, provider = None, "", ""
             for i, request in enumerate(request_iterator):
                 t0 = time.perf_counter()
+                request, data = unsplit(request)
                 try:
                     if request.HasField("spec") or spec is None:
                         if not request.HasField("spec"):
@@ -91,7 +98,7 @@ class PoolingServicer(pb_grpc.PoolingServicer):
                     elif layout_of(request.input) != spec.layout:
                         spec = spec.replace(layout=layout_of(request.input))
                     # `backend` stays what the caller asked for ("" = policy), not what ran last
-                    out, nin, nout, op, ran = self._forward(s, request, spec, backend, provider, index=i)
+                    out, nin, nout, op, ran = self._forward(s, request, data, spec, backend, provider, index=i)
                 except SpecError as e:
                     raise SpecError(e.field if e.field.startswith("requests[") else f"requests[{i}].{e.field}",
                                     e.value, str(e).split(": ", 1)[-1]) from None
@@ -205,3 +212,28 @@ class PoolingServicer(pb_grpc.PoolingServicer):
                                        max_bytes=e["max_bytes"], backend=e["backend"], micros=e["micros"])
                         for e in d["policy"] if e["mode"] in ENUM_BY_MODE and e["dtype"] in DTYPE_BY_NUMPY],
                 policy_source=d["policy_source"])
+
+
+def add_pooling_servicer(servicer: PoolingServicer, server: grpc.Server) -> None:
+    """pooling_pb2_grpc.add_PoolingServicer_to_server, except that Pool and PoolStream use the
+    codec of wire.py (the tensor bytes bypass protobuf); the other RPCs use protobuf's own."""
+    codec = PoolRequestCodec()
+    handlers = {
+        "Pool": grpc.unary_unary_rpc_method_handler(
+            servicer.Pool, request_deserializer=codec.parse, response_serializer=serialize_response),
+        "PoolStream": grpc.stream_stream_rpc_method_handler(
+            servicer.PoolStream, request_deserializer=codec.parse, response_serializer=serialize_response),
+        "PoolBackward": grpc.unary_unary_rpc_method_handler(
+            servicer.PoolBackward, request_deserializer=pb.PoolBackwardRequest.FromString,
+            response_serializer=pb.PoolBackwardResponse.SerializeToString),
+        "PoolChunked": grpc.stream_stream_rpc_method_handler(
+            servicer.PoolChunked, request_deserializer=pb.PoolChunkedRequest.FromString,
+            response_serializer=pb.PoolChunkedResponse.SerializeToString),
+        "GetServerInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetServerInfo, request_deserializer=pb.ServerInfoRequest.FromString,
+            response_serializer=pb.ServerInfo.SerializeToString),
+    }
+    name = pb.DESCRIPTOR.services_by_name["Pooling"].full_name
+    assert set(handlers) == set(pb.DESCRIPTOR.services_by_name["Pooling"].methods_by_name), "an RPC without a handler"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

@@ -74,7 +74,7 @@ class Scope:
 
     def __enter__(self) -> "Scope":
         self.t0 = time.perf_counter()
-        metrics.IN_FLIGHT.labels(self.rpc).inc()
+        metrics.child(metrics.IN_FLIGHT, self.rpc).inc()
         if TEST_HOOKS:
             try:
                 self._test_hooks()
@@ -102,10 +102,10 @@ class Scope:
         backend = backend if backend is not None else self.backend
         seconds = time.perf_counter() - (t0 if t0 is not None else self.t0)
         labels = (self.rpc, op or "-", backend or "-")
-        metrics.REQUESTS.labels(*labels, code).inc()
-        metrics.LATENCY.labels(*labels).observe(seconds)
-        metrics.BYTES_IN.labels(self.rpc).inc(bytes_in)
-        metrics.BYTES_OUT.labels(self.rpc).inc(bytes_out)
+        metrics.child(metrics.REQUESTS, *labels, code).inc()
+        metrics.child(metrics.LATENCY, *labels).observe(seconds)
+        metrics.child(metrics.BYTES_IN, self.rpc).inc(bytes_in)
+        metrics.child(metrics.BYTES_OUT, self.rpc).inc(bytes_out)
         micros = int(seconds * 1e6)
         STATS.add(self.rpc, code, micros, bytes_in + bytes_out)
         if log.isEnabledFor(logging.DEBUG):
@@ -118,7 +118,7 @@ class Scope:
         return (("poolserve-worker-pid", str(os.getpid())), ("poolserve-request-id", self.request_id))
 
     def __exit__(self, exc_type, exc, tb):
-        metrics.IN_FLIGHT.labels(self.rpc).dec()
+        metrics.child(metrics.IN_FLIGHT, self.rpc).dec()
         if exc is None:
             left = self.context.time_remaining()
             code = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "OK"
