@@ -28,7 +28,7 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from poolserve import backends  # noqa: E402
-from poolserve.server import _tune_malloc  # noqa: E402
+from poolserve.server import MALLOC_TOP_PAD, tune_malloc  # noqa: E402
 from poolserve.policy import DEFAULT_BUCKET_BOUNDS, DEFAULT_PATH  # noqa: E402
 from poolserve.spec import DTYPES_BY_MODE, PoolSpec  # noqa: E402
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
 
     # the server's malloc setting too: without it each big output page-faults in afresh, which
     # ONNX Runtime's own arena never does, and the table would measure malloc rather than kernels
-    _tune_malloc(256 << 20)
+    tune_malloc(MALLOC_TOP_PAD)
     insts = instances(a.threads)
     entries = []
     t_start = time.time()

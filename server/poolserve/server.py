@@ -41,6 +41,8 @@ for _module in ("grpc_health", "grpc_reflection", "grpc_status", "prometheus_cli
 log = logging.getLogger("poolserve.server")
 
 MiB = 1 << 20
+# glibc M_TOP_PAD the server sets (--malloc-top-pad); the benchmarks set the same (tune_malloc)
+MALLOC_TOP_PAD = 256 * MiB
 # a 256 MiB tensor plus room for the rest of the message
 DEFAULT_MAX_MESSAGE_BYTES = 256 * MiB + MiB
 SERVICE_NAME = "poolserve.v1.Pooling"
@@ -92,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "grace", 10.0, float, "seconds in-flight calls get to finish at shutdown")
     _flag(parser, "drain-delay", 1.0, float,
           "seconds between NOT_SERVING and refusing new calls at shutdown (probes see the change)")
-    _flag(parser, "malloc-top-pad", 256 * MiB, int,
+    _flag(parser, "malloc-top-pad", MALLOC_TOP_PAD, int,
           "glibc M_TOP_PAD, bytes: keep freed heap for the next request's buffers (0: glibc's default)")
     _flag(parser, "log-level", "info", help_text="debug (one line per request), info (periodic summary), warning")
     _flag(parser, "log-format", "text", help_text="text (key=value) or json", choices=["text", "json"])
@@ -123,7 +125,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    _tune_malloc(args.malloc_top_pad)
+    tune_malloc(args.malloc_top_pad)
     _tune_openmp()
     # grpc and the backends are imported here, after any fork (see the module docstring)
     import grpc
@@ -391,7 +393,7 @@ def _tune_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _tune_malloc(top_pad: int) -> None:
+def tune_malloc(top_pad: int) -> None:
     """mallopt(M_TOP_PAD): what MALLOC_TOP_PAD_ does, set from inside the process.
 
     Every request allocates and frees buffers of its tensors' size (protobuf bytes, numpy
