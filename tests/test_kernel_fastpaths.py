@@ -206,29 +206,29 @@ def test_cf_rows_mid_widths(data, case, threads):
     check_fast_forward(case, x, threads, "cf_rows")
 
 
-@pytest.mark.parametrize("spec,spatial", [
-    (PoolSpec("max", (2, 2)), (4, 70)),               # rows of 35 outputs: two full vectors and a tail
-    (PoolSpec("max", (2, 2, 2)), (2, 4, 66)),
-    (PoolSpec("max", (3, 3), strides=(2, 2)), (5, 69)),
-    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (5, 66)),
-], ids=["2x2", "2x2x2", "3x3", "3x3-pad1"])
-def test_cf_rows_max_one_nan_at_every_position(spec, spatial):
-    """Max without indices skips the plane's NaN scan where the fused loop notes NaN itself
-    (skip_nan_scan in pool_fast.inc), and a block that met one is redone under the full rule.
-    So a lone NaN must be seen wherever it sits: every position of a plane in turn, each tap of
-    each window, the last one of a vector step and of the masked tail included."""
+@pytest.mark.parametrize("spec,shape,path", [
+    (PoolSpec("max", (2, 2)), (1, 2, 4, 70), "cf_rows"),  # rows of 35 outputs: two full vectors and a tail
+    (PoolSpec("max", (2, 2, 2)), (1, 2, 2, 4, 66), "cf_rows"),
+    (PoolSpec("max", (3, 3), strides=(2, 2)), (1, 2, 5, 69), "cf_rows"),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (1, 2, 5, 66), "cf_rows"),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last"), (1, 5, 6, 19), "cl"),
+], ids=["2x2", "2x2x2", "3x3", "3x3-pad1", "3x3-channels-last"])
+def test_max_one_nan_at_every_position(spec, shape, path):
+    """Max without indices skips the NaN scan where the fold notes NaN itself (skip_nan_scan and
+    cl_range in pool_fast.inc), and a block or item that met one is redone under the full rule.
+    So a lone NaN must be seen wherever it sits: every position in turn, each tap of each window,
+    the last one of a vector step and of the masked tail included."""
     rng = np.random.default_rng(7)
-    shape = (1, 2, *spatial)
     fast, generic = CBackend(threads=1), CBackend(threads=1, generic_only=True)
-    assert fast.kernel_path(spec, shape, "float32") in EXPECTED_FORWARD["cf_rows"]
+    assert fast.kernel_path(spec, shape, "float32") in EXPECTED_FORWARD[path]
     base = rng.uniform(-10, 10, size=shape).astype(np.float32)
-    for flat in range(int(np.prod(spatial))):
+    for flat in range(base.size // 2, base.size):  # the second half: one channel (cf) or half the positions (cl)
         x = base.copy()
-        x[0, 1].flat[flat] = np.nan
+        x.flat[flat] = np.nan
         y, _ = fast.forward(spec, x)
         yg, _ = generic.forward(spec, x)
         assert_same_bits(y, yg)
-        assert np.isnan(y[0, 1]).any()
+        assert np.isnan(y).any()
 
 
 @st.composite
