@@ -348,6 +348,14 @@ def test_cl_forward(data, case, threads):
     check_fast_forward(case, data.draw(arrays(case[1], case[2])), threads, "cl")
 
 
+@examples(300)
+@given(data=st.data(), case=cl_cases(), threads=THREADS)
+def test_cl_forward_nan_free(data, case, threads):
+    """NaN-free inputs stay on the fast folds (float32: cl_item_f32_avx512 where the CPU has it),
+    with ties and -0/+0 that show the scan order in the bits."""
+    check_fast_forward(case, data.draw(clean_arrays(case[1], case[2])), threads, "cl")
+
+
 # ---- the parallel split on calls big enough to use every thread -------------------------------
 
 BIG = [
