@@ -2,7 +2,8 @@
 # The service-path measurements of issue 8, each in one run with the bare echo as the rival
 # (`poolclient loadtest --baseline echo`), on 1x64x56x56 float32 max 2x2/s2 unless said:
 #   targets-c1-c8      unary p50 at concurrency 1 and throughput at concurrency 8, vs echo
-#   targets-workers1/2 the same at concurrency 8 against --workers 1 and --workers 2 (8 connections)
+#   targets-workers1/2 the same at concurrency 8 against --workers 1 and --workers 2 (8 connections,
+#                      2 client processes)
 #   targets-unary-*K / targets-stream-*K   Pool vs PoolStream for 4 KiB and 64 KiB inputs
 #   oip_shm_224        OIP system shared memory vs socket for 1x64x224x224 (bench/oip_load.py)
 # Usage: bench/service_targets.sh [out-dir]   (default bench/results/service_targets; ~4 minutes)
@@ -38,7 +39,9 @@ stop
 
 for w in 1 2; do
   P=$(free_port); serve "$P" --workers "$w"
-  load "$P" "targets-workers$w" --shape 1,64,56,56 --concurrency 8 --channels 8
+  # two client processes: with the service as lean as the echo, one client process is the
+  # bottleneck at concurrency 8 (2026-11-26: 1270 vs 1137 req/s, workers 1 vs 2, one process)
+  load "$P" "targets-workers$w" --shape 1,64,56,56 --concurrency 8 --channels 8 --processes 2
   stop
 done
 
