@@ -3,7 +3,8 @@
 #   make test       install with the test extra and run the whole suite (and the sanitizer run)
 #   make test-asan  the kernel tests against an AddressSanitizer + UBSan build of the kernels
 #   make bench      benchmarks; results under bench/results/ (bench-policy: auto's backend table;
-#                   bench-service: latency vs tensor size, unary vs chunked vs echo)
+#                   bench-service: latency vs tensor size, unary vs chunked vs echo;
+#                   bench-targets: issue 8's service targets against a bare echo)
 #   make bench-kernels  the kernel benchmark alone: C vs ONNX Runtime vs PyTorch vs the memory floor
 #   make bench-onnx the ONNX backend's overhead over a bare session.run
 #   make protos     regenerate the committed gRPC stubs (client/poolclient/_proto) from protos/
@@ -18,7 +19,7 @@ SOURCES := pyproject.toml setup.py $(wildcard kernels/*.c kernels/*.h kernels/*.
 ASAN_LIB := build/asan/libpoolkernels.so
 CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -DPOOL_NO_CLONES
 
-.PHONY: venv serve test test-py test-asan soak bench bench-policy bench-service bench-kernels bench-onnx protos clean
+.PHONY: venv serve test test-py test-asan soak bench bench-policy bench-service bench-kernels bench-onnx bench-targets protos clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,7 +71,7 @@ protos: $(STAMP)
 
 # Every benchmark, one after another; each writes its own results under bench/results/.
 # bench-policy rewrites auto's table from this machine's measurements.
-bench: bench-kernels bench-onnx bench-policy bench-service
+bench: bench-kernels bench-onnx bench-policy bench-service bench-targets
 
 
 # The ONNX backend's per-call overhead over a bare InferenceSession.run (bench/results/onnx_overhead.json)
@@ -97,6 +98,11 @@ bench-policy: $(STAMP)
 # bench/results/service_sizes.{json,png}; it prints the client's chunk threshold
 bench-service: $(BENCH_STAMP)
 	$(PY) bench/service_sizes.py $(BENCH_ARGS)
+
+# issue 8's service targets, each against the bare echo in the same run (about 3 minutes):
+# bench/results/service_targets/
+bench-targets: $(STAMP)
+	bench/service_targets.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info server/poolserve/*.so .hypothesis .pytest_cache
