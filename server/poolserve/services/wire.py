@@ -163,7 +163,7 @@ def serialize_response(response) -> bytes:
     parts = [response.message.SerializeToString()]
     for name, a in response.arrays.items():
         data = _tensor_bytes(a)
-        n = len(data) if isinstance(data, bytes) else data.nbytes
+        n = len(data)  # bytes, or a memoryview cast to bytes: its length is its byte count
         inner = bytes([(_TENSOR_DATA << 3) | _LEN]) + _encode_varint(n)
         parts += [bytes([(_RESPONSE_TENSORS[name] << 3) | _LEN]), _encode_varint(len(inner) + n), inner, data]
     return b"".join(parts)  # the one copy of the data
