@@ -139,11 +139,11 @@ static int covering_outputs(const pool_geom *g, int a, int64_t t, int64_t *o)
  * Lp always runs the generic kernels. */
 enum pool_path {
     PATH_GENERIC, PATH_CF_ROWS_K2, PATH_CF_ROWS_K3, PATH_CL, PATH_GLOBAL_CF,
-    PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL
+    PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL, PATH_AVG_BACK_TILE
 };
 static const char *const PATH_NAMES[] = {
     "generic", "cf_rows_k2", "cf_rows_k3", "cl", "global_cf",
-    "max_back", "avg_back_k2", "avg_back_k3", "avg_back_cl"
+    "max_back", "avg_back_k2", "avg_back_k3", "avg_back_cl", "avg_back_tile"
 };
 
 static int forward_path(const pool_desc *d, const pool_geom *g)
@@ -167,6 +167,20 @@ static int64_t forward_items(const pool_geom *g, int path)
     }
 }
 
+/* Windows that tile a channels-first input exactly: 2 wide with stride 2 on the last axis, 1 or 2
+ * with the same stride on the others, no padding or dilation, every input dimension the kernel
+ * times the output's (2x2/s2, 2x2x2/s2 on even sizes).  Each input element then lies in one
+ * window, and the divisor (2, 4 or 8) is a power of two. */
+static int tiles_exactly(const pool_geom *g)
+{
+    if (g->es != 1 || g->k[2] != 2) return 0;
+    for (int a = 0; a < 3; a++)
+        if (g->k[a] > 2 || g->s[a] != g->k[a] || g->d[a] != 1 || g->pb[a] || g->pe[a] ||
+            g->in[a] != g->k[a] * g->out[a])
+            return 0;
+    return 1;
+}
+
 static int backward_path(const pool_desc *d, const pool_geom *g)
 {
     if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;
@@ -175,10 +189,12 @@ static int backward_path(const pool_desc *d, const pool_geom *g)
     if (d->dtype == POOL_F16) {
         if (d->mode == POOL_MAX) return PATH_MAX_BACK;
         if (g->es != 1) return PATH_AVG_BACK_CL;
+        if (tiles_exactly(g)) return PATH_AVG_BACK_TILE;
         return cf_rows_fits(g) ? (g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3) : PATH_GENERIC;
     }
     if (d->mode == POOL_MAX) return PATH_MAX_BACK;
     if (d->layout == POOL_CHANNELS_LAST) return PATH_AVG_BACK_CL;
+    if (tiles_exactly(g)) return PATH_AVG_BACK_TILE;
     if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3;
     return PATH_GENERIC;
 }
@@ -242,6 +258,7 @@ static int64_t backward_items(const pool_geom *g, int path, int64_t cblock)
     case PATH_MAX_BACK:
         return g->es == 1 ? g->batch * g->channels : g->batch * ((g->channels + cblock - 1) / cblock);
     case PATH_AVG_BACK_CL: return g->batch * ((g->channels + cblock - 1) / cblock);
+    case PATH_AVG_BACK_TILE: return g->batch * g->channels * g->out[0] * g->out[1]; /* output rows */
     default: return g->batch * g->channels * g->in[0] * g->in[1]; /* input rows */
     }
 }

@@ -418,6 +418,34 @@ def check_fast_backward(spec, shape, dtype, x, dy_seed, threads, expected_path):
 BACK_DTYPES = ("float32", "float64")
 
 
+def tiles_exactly(spec, shape) -> bool:
+    """Windows 2 wide with stride 2 on the last axis, 1 or 2 (stride equal) on the others, no
+    padding or dilation, input dimensions exactly kernel x output: the avg_back_tile path."""
+    g = spec.resolve(shape)
+    return (g.kernel[-1] == 2 and all(k <= 2 for k in g.kernel) and tuple(g.strides) == tuple(g.kernel)
+            and not any(g.pads) and all(d == 1 for d in g.dilations)
+            and all(i == k * o for i, k, o in zip(shape[2:], g.kernel, g.output_shape[2:])))
+
+
+def avg_back_cf_path(spec, shape) -> str:
+    if tiles_exactly(spec, shape):
+        return "avg_back_tile"
+    return "avg_back_k2" if spec.resolve(shape).kernel[-1] == 2 else "avg_back_k3"
+
+
+@st.composite
+def tile_cases(draw, dtypes=FLOAT_DTYPES):
+    """Average pooling whose windows tile the input: 2 (1-D), 2x2, 1x2, 2x2x2 ... with stride equal
+    to the kernel on even sizes; widths cross a 16-lane vector now and then."""
+    rank = draw(st.integers(1, 3))
+    kernel = [draw(st.integers(1, 2)) for _ in range(rank - 1)] + [2]
+    out = [draw(st.integers(1, 4)) for _ in range(rank - 1)] + [draw(st.integers(1, 40))]
+    spec = PoolSpec("avg", kernel, strides=kernel, ceil_mode=draw(st.booleans()),
+                    count_include_pad=draw(st.booleans()))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *(k * o for k, o in zip(kernel, out)))
+    return spec, shape, draw(st.sampled_from(dtypes))
+
+
 @examples(300)
 @given(data=st.data(), case=st.one_of(cf_rows_cases(modes=("max",), dtypes=BACK_DTYPES),
                                       cl_cases(modes=("max",), dtypes=BACK_DTYPES),
@@ -433,8 +461,22 @@ def test_max_backward(data, case, threads):
 @given(data=st.data(), case=cf_rows_cases(modes=("avg",), dtypes=BACK_DTYPES), threads=THREADS)
 def test_avg_backward_cf_rows(data, case, threads):
     spec, shape, dtype = case
-    path = "avg_back_k2" if spec.resolve(shape).kernel[-1] == 2 else "avg_back_k3"
+    path = avg_back_cf_path(spec, shape)
     check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, path)
+
+
+@examples(200)
+@given(data=st.data(), case=tile_cases(), threads=THREADS)
+def test_avg_backward_tile(data, case, threads):
+    """Each input element takes dy / divisor of its one window, the divisor a power of two: the
+    generic path's values exactly (up to the sign of zero: it adds the share to a zeroed dx)."""
+    spec, shape, dtype = case
+    dy = data.draw(arrays(spec.resolve(shape).output_shape, dtype))
+    fast, generic = CBackend(threads=threads, always_split=True), CBackend(threads=threads, generic_only=True)
+    assert fast.kernel_path(spec, shape, dtype, backward=True) == "avg_back_tile"
+    dx = fast.backward(spec, shape, dy)
+    np.testing.assert_array_equal(dx, generic.backward(spec, shape, dy))
+    np.testing.assert_array_equal(dx, reference.backward(spec, shape, dy).astype(dtype))
 
 
 @examples(300)
@@ -477,7 +519,7 @@ def test_avg_backward_cl_float16(data, case, threads):
 def test_avg_backward_cf_rows_float16(data, case, threads):
     """float16 avg backward, cf_rows shapes: each input row summed in a float32 scratch row."""
     spec, shape, dtype = case
-    path = "avg_back_k2" if spec.resolve(shape).kernel[-1] == 2 else "avg_back_k3"
+    path = avg_back_cf_path(spec, shape)
     check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, path)
 
 
