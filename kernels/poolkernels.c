@@ -139,11 +139,13 @@ static int covering_outputs(const pool_geom *g, int a, int64_t t, int64_t *o)
  * Lp always runs the generic kernels. */
 enum pool_path {
     PATH_GENERIC, PATH_CF_ROWS_K2, PATH_CF_ROWS_K3, PATH_CL, PATH_GLOBAL_CF,
-    PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL, PATH_AVG_BACK_TILE
+    PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL, PATH_AVG_BACK_TILE,
+    PATH_AVG_BACK_K3_2D
 };
 static const char *const PATH_NAMES[] = {
     "generic", "cf_rows_k2", "cf_rows_k3", "cl", "global_cf",
-    "max_back", "avg_back_k2", "avg_back_k3", "avg_back_cl", "avg_back_tile"
+    "max_back", "avg_back_k2", "avg_back_k3", "avg_back_cl", "avg_back_tile",
+    "avg_back_k3_2d"
 };
 
 static int forward_path(const pool_desc *d, const pool_geom *g)
@@ -181,6 +183,15 @@ static int tiles_exactly(const pool_geom *g)
     return 1;
 }
 
+/* 3x3/s2-like on a plane (1-D or 2-D, any pads, ceil mode): 3 wide with stride 2 on the last two
+ * axes, no dilation on them.  Input row 2o - p of a plane then takes output rows o - 1 and o, and
+ * row 2o - p + 1 output row o alone, so one output row at a time writes the rows it ends. */
+static int k3_plane(const pool_geom *g)
+{
+    return cf_rows_fits(g) && g->k[2] == 3 && g->in[0] == 1 && g->out[0] == 1 && g->k[0] == 1 && g->k[1] == 3 &&
+           g->s[1] == 2 && g->d[1] == 1;
+}
+
 static int backward_path(const pool_desc *d, const pool_geom *g)
 {
     if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;
@@ -190,11 +201,13 @@ static int backward_path(const pool_desc *d, const pool_geom *g)
         if (d->mode == POOL_MAX) return PATH_MAX_BACK;
         if (g->es != 1) return PATH_AVG_BACK_CL;
         if (tiles_exactly(g)) return PATH_AVG_BACK_TILE;
+        if (k3_plane(g)) return PATH_AVG_BACK_K3_2D;
         return cf_rows_fits(g) ? (g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3) : PATH_GENERIC;
     }
     if (d->mode == POOL_MAX) return PATH_MAX_BACK;
     if (d->layout == POOL_CHANNELS_LAST) return PATH_AVG_BACK_CL;
     if (tiles_exactly(g)) return PATH_AVG_BACK_TILE;
+    if (k3_plane(g)) return PATH_AVG_BACK_K3_2D;
     if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3;
     return PATH_GENERIC;
 }
@@ -258,7 +271,8 @@ static int64_t backward_items(const pool_geom *g, int path, int64_t cblock)
     case PATH_MAX_BACK:
         return g->es == 1 ? g->batch * g->channels : g->batch * ((g->channels + cblock - 1) / cblock);
     case PATH_AVG_BACK_CL: return g->batch * ((g->channels + cblock - 1) / cblock);
-    case PATH_AVG_BACK_TILE: return g->batch * g->channels * g->out[0] * g->out[1]; /* output rows */
+    case PATH_AVG_BACK_TILE:
+    case PATH_AVG_BACK_K3_2D: return g->batch * g->channels * g->out[0] * g->out[1]; /* output rows */
     default: return g->batch * g->channels * g->in[0] * g->in[1]; /* input rows */
     }
 }

@@ -427,9 +427,19 @@ def tiles_exactly(spec, shape) -> bool:
             and all(i == k * o for i, k, o in zip(shape[2:], g.kernel, g.output_shape[2:])))
 
 
+def k3_plane(spec, shape) -> bool:
+    """3 wide with stride 2 and no dilation on the last two axes of one plane: avg_back_k3_2d."""
+    g = spec.resolve(shape)
+    if len(g.kernel) < 2 or g.kernel[-1] != 3 or g.kernel[-2] != 3 or g.strides[-2] != 2 or g.dilations[-2] != 1:
+        return False
+    return len(g.kernel) == 2 or (shape[2] == 1 and g.output_shape[2] == 1 and g.kernel[0] == 1)
+
+
 def avg_back_cf_path(spec, shape) -> str:
     if tiles_exactly(spec, shape):
         return "avg_back_tile"
+    if k3_plane(spec, shape):
+        return "avg_back_k3_2d"
     return "avg_back_k2" if spec.resolve(shape).kernel[-1] == 2 else "avg_back_k3"
 
 
@@ -477,6 +487,32 @@ def test_avg_backward_tile(data, case, threads):
     dx = fast.backward(spec, shape, dy)
     np.testing.assert_array_equal(dx, generic.backward(spec, shape, dy))
     np.testing.assert_array_equal(dx, reference.backward(spec, shape, dy).astype(dtype))
+
+
+@st.composite
+def k3_plane_cases(draw, dtypes=FLOAT_DTYPES):
+    """Average 3x3 with stride 2 on the last two axes of a plane (2-D, or 3-D of depth 1): any
+    pads, ceil mode, divisor; sizes from one window to a few 16-lane vectors wide."""
+    pads = [draw(st.integers(0, 2)) for _ in range(4)]
+    spec = PoolSpec("avg", (3, 3), strides=(2, 2), pads=pads, ceil_mode=draw(st.booleans()),
+                    count_include_pad=draw(st.booleans()))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 70)))
+    if draw(st.booleans()):
+        spec = PoolSpec("avg", (1, 3, 3), strides=(1, 2, 2), pads=(0, pads[0], pads[1], 0, pads[2], pads[3]),
+                        ceil_mode=spec.ceil_mode, count_include_pad=spec.count_include_pad)
+        shape = (shape[0], shape[1], 1, *shape[2:])
+    try:
+        spec.resolve(shape)
+    except SpecError:
+        assume(False)
+    return spec, shape, draw(st.sampled_from(dtypes))
+
+
+@examples(300)
+@given(data=st.data(), case=k3_plane_cases(), threads=THREADS)
+def test_avg_backward_k3_plane(data, case, threads):
+    spec, shape, dtype = case
+    check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, "avg_back_k3_2d")
 
 
 @examples(300)
@@ -542,13 +578,13 @@ def test_float16_backward_big_calls_split_over_threads():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
-@pytest.mark.parametrize("spec", [PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
-                                  PoolSpec("avg", (2, 3), strides=(1, 2), pads=(1, 0, 1, 1), ceil_mode=True,
-                                           count_include_pad=True)])
-def test_avg_backward_rows_wider_than_the_row_cache(spec, dtype):
+@pytest.mark.parametrize("spec,shape", [
+    (PoolSpec("avg", (1, 3, 3), strides=(1, 2, 2), pads=(0, 1, 1, 0, 1, 1)), (1, 1, 2, 3, 2 * 262_145 + 1)),
+    (PoolSpec("avg", (2, 3), strides=(1, 2), pads=(1, 0, 1, 1), ceil_mode=True, count_include_pad=True),
+     (1, 1, 3, 2 * 262_145 + 1))])
+def test_avg_backward_rows_wider_than_the_row_cache(spec, shape, dtype):
     """Rows so wide that the per-thread cache of expanded rows has one slot (2 MiB budget): the
     two output rows covering an input row then share it, and the second takes the spare slot."""
-    shape = (1, 1, 3, 2 * 262_145 + 1)
     dy = np.random.default_rng(11).uniform(-1, 1, size=spec.resolve(shape).output_shape).astype(dtype)
     expected = CBackend(generic_only=True).backward(spec, shape, dy)
     for threads in (1, 2):
