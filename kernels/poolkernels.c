@@ -169,13 +169,20 @@ static int64_t forward_items(const pool_geom *g, int path)
     }
 }
 
-/* Windows that tile a channels-first input exactly: 2 wide with stride 2 on the last axis, 1 or 2
- * with the same stride on the others, no padding or dilation, every input dimension the kernel
- * times the output's (2x2/s2, 2x2x2/s2 on even sizes).  Each input element then lies in one
+/* The avg backward paths by output rows (avg_back_tile, avg_back_k3_2d) hold a few input rows of
+ * W positions x es elements in scratch per thread: at most 64 Ki elements each. */
+static int rows_fit_scratch(const pool_geom *g)
+{
+    return (g->in[2] + 3) * g->es <= 65536;
+}
+
+/* Windows that tile the input exactly: 2 wide with stride 2 on the last axis, 1 or 2 with the same
+ * stride on the others, no padding or dilation, every input dimension the kernel times the
+ * output's (2x2/s2, 2x2x2/s2 on even sizes), either layout.  Each input element then lies in one
  * window, and the divisor (2, 4 or 8) is a power of two. */
 static int tiles_exactly(const pool_geom *g)
 {
-    if (g->es != 1 || g->k[2] != 2) return 0;
+    if (g->k[2] != 2 || !rows_fit_scratch(g)) return 0;
     for (int a = 0; a < 3; a++)
         if (g->k[a] > 2 || g->s[a] != g->k[a] || g->d[a] != 1 || g->pb[a] || g->pe[a] ||
             g->in[a] != g->k[a] * g->out[a])
@@ -183,13 +190,14 @@ static int tiles_exactly(const pool_geom *g)
     return 1;
 }
 
-/* 3x3/s2-like on a plane (1-D or 2-D, any pads, ceil mode): 3 wide with stride 2 on the last two
- * axes, no dilation on them.  Input row 2o - p of a plane then takes output rows o - 1 and o, and
- * row 2o - p + 1 output row o alone, so one output row at a time writes the rows it ends. */
+/* 3x3/s2-like on a plane (2-D, or 3-D of depth 1; any pads, ceil mode; either layout): 3 wide with
+ * stride 2 on the last two axes, no dilation on them.  Input row 2o - p of a plane then takes
+ * output rows o - 1 and o, and row 2o - p + 1 output row o alone, so one output row at a time
+ * writes the rows it ends. */
 static int k3_plane(const pool_geom *g)
 {
-    return cf_rows_fits(g) && g->k[2] == 3 && g->in[0] == 1 && g->out[0] == 1 && g->k[0] == 1 && g->k[1] == 3 &&
-           g->s[1] == 2 && g->d[1] == 1;
+    return rows_fit_scratch(g) && g->in[0] == 1 && g->out[0] == 1 && g->k[0] == 1 &&
+           g->k[1] == 3 && g->s[1] == 2 && g->d[1] == 1 && g->k[2] == 3 && g->s[2] == 2 && g->d[2] == 1;
 }
 
 static int backward_path(const pool_desc *d, const pool_geom *g)
@@ -199,15 +207,15 @@ static int backward_path(const pool_desc *d, const pool_geom *g)
      * (avg) and channels-last blocks of channels (max, avg) have fast paths that do so */
     if (d->dtype == POOL_F16) {
         if (d->mode == POOL_MAX) return PATH_MAX_BACK;
-        if (g->es != 1) return PATH_AVG_BACK_CL;
         if (tiles_exactly(g)) return PATH_AVG_BACK_TILE;
         if (k3_plane(g)) return PATH_AVG_BACK_K3_2D;
+        if (g->es != 1) return PATH_AVG_BACK_CL;
         return cf_rows_fits(g) ? (g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3) : PATH_GENERIC;
     }
     if (d->mode == POOL_MAX) return PATH_MAX_BACK;
-    if (d->layout == POOL_CHANNELS_LAST) return PATH_AVG_BACK_CL;
     if (tiles_exactly(g)) return PATH_AVG_BACK_TILE;
     if (k3_plane(g)) return PATH_AVG_BACK_K3_2D;
+    if (d->layout == POOL_CHANNELS_LAST) return PATH_AVG_BACK_CL;
     if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3;
     return PATH_GENERIC;
 }
@@ -272,7 +280,8 @@ static int64_t backward_items(const pool_geom *g, int path, int64_t cblock)
         return g->es == 1 ? g->batch * g->channels : g->batch * ((g->channels + cblock - 1) / cblock);
     case PATH_AVG_BACK_CL: return g->batch * ((g->channels + cblock - 1) / cblock);
     case PATH_AVG_BACK_TILE:
-    case PATH_AVG_BACK_K3_2D: return g->batch * g->channels * g->out[0] * g->out[1]; /* output rows */
+    case PATH_AVG_BACK_K3_2D: /* output rows, of a plane or (channels-last) of an image */
+        return (g->es == 1 ? g->batch * g->channels : g->batch) * g->out[0] * g->out[1];
     default: return g->batch * g->channels * g->in[0] * g->in[1]; /* input rows */
     }
 }

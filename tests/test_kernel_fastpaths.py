@@ -418,44 +418,59 @@ def check_fast_backward(spec, shape, dtype, x, dy_seed, threads, expected_path):
 BACK_DTYPES = ("float32", "float64")
 
 
+def rows_fit_scratch(g) -> bool:
+    """The by-output-row avg backward paths hold input rows of W x (channels-last: C) elements."""
+    return (g.in_spatial[-1] + 3) * (g.channels if g.spec.layout == "channels_last" else 1) <= 65536
+
+
 def tiles_exactly(spec, shape) -> bool:
     """Windows 2 wide with stride 2 on the last axis, 1 or 2 (stride equal) on the others, no
     padding or dilation, input dimensions exactly kernel x output: the avg_back_tile path."""
     g = spec.resolve(shape)
-    return (g.kernel[-1] == 2 and all(k <= 2 for k in g.kernel) and tuple(g.strides) == tuple(g.kernel)
-            and not any(g.pads) and all(d == 1 for d in g.dilations)
-            and all(i == k * o for i, k, o in zip(shape[2:], g.kernel, g.output_shape[2:])))
+    return (g.kernel[-1] == 2 and all(k <= 2 for k in g.kernel) and g.strides == g.kernel
+            and not any(g.pads_begin + g.pads_end) and all(d == 1 for d in g.dilations)
+            and all(i == k * o for i, k, o in zip(g.in_spatial, g.kernel, g.out_spatial)) and rows_fit_scratch(g))
 
 
 def k3_plane(spec, shape) -> bool:
-    """3 wide with stride 2 and no dilation on the last two axes of one plane: avg_back_k3_2d."""
+    """3 wide with stride 2 and no dilation on the last two axes of one plane (2-D, or 3-D of
+    depth 1 with kernel 1 there): the avg_back_k3_2d path."""
     g = spec.resolve(shape)
-    if len(g.kernel) < 2 or g.kernel[-1] != 3 or g.kernel[-2] != 3 or g.strides[-2] != 2 or g.dilations[-2] != 1:
+    if len(g.kernel) < 2 or g.kernel[-2:] != (3, 3) or g.strides[-2:] != (2, 2) or g.dilations[-2:] != (1, 1):
         return False
-    return len(g.kernel) == 2 or (shape[2] == 1 and g.output_shape[2] == 1 and g.kernel[0] == 1)
+    plane = len(g.kernel) == 2 or (g.in_spatial[0] == 1 and g.out_spatial[0] == 1 and g.kernel[0] == 1)
+    return plane and rows_fit_scratch(g)
 
 
-def avg_back_cf_path(spec, shape) -> str:
+def avg_back_path(spec, shape) -> str:
+    """The avg backward path the C backend takes for float dtypes, either layout."""
     if tiles_exactly(spec, shape):
         return "avg_back_tile"
     if k3_plane(spec, shape):
         return "avg_back_k3_2d"
+    if spec.layout == "channels_last":
+        return "avg_back_cl"
     return "avg_back_k2" if spec.resolve(shape).kernel[-1] == 2 else "avg_back_k3"
+
+
+def channels_last(spec, shape, c):
+    """The same pooling on a channels-last input of c channels."""
+    return spec.replace(layout="channels_last"), (shape[0], *shape[2:], c)
 
 
 @st.composite
 def tile_cases(draw, dtypes=FLOAT_DTYPES):
     """Average pooling whose windows tile the input: 2 (1-D), 2x2, 1x2, 2x2x2 ... with stride equal
-    to the kernel on even sizes; widths cross a 16-lane vector now and then."""
+    to the kernel on even sizes, either layout; widths cross a 16-lane vector now and then."""
     rank = draw(st.integers(1, 3))
     kernel = [draw(st.integers(1, 2)) for _ in range(rank - 1)] + [2]
     out = [draw(st.integers(1, 4)) for _ in range(rank - 1)] + [draw(st.integers(1, 40))]
     spec = PoolSpec("avg", kernel, strides=kernel, ceil_mode=draw(st.booleans()),
                     count_include_pad=draw(st.booleans()))
     shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *(k * o for k, o in zip(kernel, out)))
+    if draw(st.booleans()):
+        spec, shape = channels_last(spec, shape, draw(st.sampled_from([1, 3, 16, 17, 70])))
     return spec, shape, draw(st.sampled_from(dtypes))
-
-
 @examples(300)
 @given(data=st.data(), case=st.one_of(cf_rows_cases(modes=("max",), dtypes=BACK_DTYPES),
                                       cl_cases(modes=("max",), dtypes=BACK_DTYPES),
@@ -471,7 +486,7 @@ def test_max_backward(data, case, threads):
 @given(data=st.data(), case=cf_rows_cases(modes=("avg",), dtypes=BACK_DTYPES), threads=THREADS)
 def test_avg_backward_cf_rows(data, case, threads):
     spec, shape, dtype = case
-    path = avg_back_cf_path(spec, shape)
+    path = avg_back_path(spec, shape)
     check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, path)
 
 
@@ -491,8 +506,8 @@ def test_avg_backward_tile(data, case, threads):
 
 @st.composite
 def k3_plane_cases(draw, dtypes=FLOAT_DTYPES):
-    """Average 3x3 with stride 2 on the last two axes of a plane (2-D, or 3-D of depth 1): any
-    pads, ceil mode, divisor; sizes from one window to a few 16-lane vectors wide."""
+    """Average 3x3 with stride 2 on the last two axes of a plane (2-D, or 3-D of depth 1), either
+    layout: any pads, ceil mode, divisor; sizes from one window to a few 16-lane vectors wide."""
     pads = [draw(st.integers(0, 2)) for _ in range(4)]
     spec = PoolSpec("avg", (3, 3), strides=(2, 2), pads=pads, ceil_mode=draw(st.booleans()),
                     count_include_pad=draw(st.booleans()))
@@ -501,6 +516,8 @@ def k3_plane_cases(draw, dtypes=FLOAT_DTYPES):
         spec = PoolSpec("avg", (1, 3, 3), strides=(1, 2, 2), pads=(0, pads[0], pads[1], 0, pads[2], pads[3]),
                         ceil_mode=spec.ceil_mode, count_include_pad=spec.count_include_pad)
         shape = (shape[0], shape[1], 1, *shape[2:])
+    if draw(st.booleans()):
+        spec, shape = channels_last(spec, shape, draw(st.sampled_from([1, 3, 16, 17, 70])))
     try:
         spec.resolve(shape)
     except SpecError:
@@ -519,7 +536,8 @@ def test_avg_backward_k3_plane(data, case, threads):
 @given(data=st.data(), case=cl_cases(modes=("avg",), dtypes=BACK_DTYPES), threads=THREADS)
 def test_avg_backward_cl(data, case, threads):
     spec, shape, dtype = case
-    check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, "avg_back_cl")
+    check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads,
+                        avg_back_path(spec, shape))
 
 
 @examples(300)
@@ -542,7 +560,7 @@ def test_avg_backward_cl_float16(data, case, threads):
     rounded once; the generic path's order of sums, so bitwise equal to it."""
     spec, shape, dtype = case
     # one channel is the memory of channels-first planes: those paths (or generic) take it
-    path = "avg_back_cl" if shape[-1] > 1 else CBackend().kernel_path(spec, shape, dtype, backward=True)
+    path = avg_back_path(spec, shape) if shape[-1] > 1 else CBackend().kernel_path(spec, shape, dtype, backward=True)
     check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, path)
     if path == "avg_back_cl":
         dy = np.random.default_rng(1).uniform(-1, 1, size=spec.resolve(shape).output_shape).astype(dtype)
@@ -555,7 +573,7 @@ def test_avg_backward_cl_float16(data, case, threads):
 def test_avg_backward_cf_rows_float16(data, case, threads):
     """float16 avg backward, cf_rows shapes: each input row summed in a float32 scratch row."""
     spec, shape, dtype = case
-    path = avg_back_cf_path(spec, shape)
+    path = avg_back_path(spec, shape)
     check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, path)
 
 
@@ -595,7 +613,8 @@ def test_avg_backward_rows_wider_than_the_row_cache(spec, shape, dtype):
 
 @pytest.mark.parametrize("spec,shape", [
     (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last"), (1, 40, 41, 70)),
-    (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last", ceil_mode=True), (2, 41, 40, 33)),
+    # (stride 1 along the rows: 3x3/s2 would take avg_back_k3_2d)
+    (PoolSpec("avg", (3, 3), strides=(1, 2), pads=(1, 1, 1, 1), layout="channels_last", ceil_mode=True), (2, 41, 40, 33)),
     # plane_size 40000: the float16 scratch cap (2 MiB) cuts the channel block to 16
     (PoolSpec("avg", (2, 2), layout="channels_last", count_include_pad=True, pads=(0, 1, 0, 0)), (1, 200, 200, 40)),
     (PoolSpec("max", (2, 2), layout="channels_last"), (1, 200, 200, 40)),
