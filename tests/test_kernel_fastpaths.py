@@ -635,7 +635,7 @@ def test_float16_channels_last_backward_big_calls(spec, shape):
 
 
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
-@pytest.mark.parametrize("bad", ["negative", "other_plane", "past_end", "between_channels"])
+@pytest.mark.parametrize("bad", ["negative", "other_plane", "past_end", "next_image", "between_channels"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype):
     spec = PoolSpec("max", (2, 2), layout=layout)
@@ -652,6 +652,8 @@ def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype):
         first[-1] = 0  # the last output's window lies in another (batch, channel) plane
     elif bad == "past_end":
         first[-1] = x.size
+    elif bad == "next_image":
+        first[0] += x[0].size  # the same position and channel, one image later: inside the array
     else:
         if layout == "channels_first":
             pytest.skip("channels-first planes are contiguous: nothing lies between them")
