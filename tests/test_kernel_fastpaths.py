@@ -231,6 +231,39 @@ def test_max_one_nan_at_every_position(spec, shape, path):
         assert np.isnan(y).any()
 
 
+@pytest.mark.parametrize("spec,shape", [
+    (PoolSpec("avg", (2, 2, 2), pads=(1, 0, 0, 1, 0, 0), count_include_pad=True), (1, 2, 3, 9, 40)),
+    (PoolSpec("avg", (2, 2, 2), pads=(1, 0, 1, 1, 0, 0), count_include_pad=False), (1, 2, 3, 9, 40)),
+    (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), count_include_pad=True), (2, 2, 21, 67)),
+    (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 0, 1), ceil_mode=True), (1, 3, 20, 66)),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (2, 2, 21, 67)),
+    (PoolSpec("max", (2, 2), pads=(0, 1, 0, 0)), (1, 3, 20, 35)),
+], ids=["avg-2x2x2-depth-pad-include", "avg-2x2x2-pads", "avg-3x3-pad1-include", "avg-3x3-ceil",
+        "max-3x3-pad1", "max-2x2-left-pad"])
+@pytest.mark.parametrize("nan", [False, True])
+def test_row_runs(spec, shape, nan):
+    """Float32 max (values only) and average fold a run of output rows per call and then do the
+    runs' edge columns (cf_rows_range in pool_fast.inc); a run ends where a window leaves the
+    plane along the row axis, at a thread's last row, or at a NaN (max: redone row by row).
+    Padding along each axis, both divisors, and splits over 1 to 3 threads that cut runs short."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-10, 10, size=shape).astype(np.float32)
+    if nan:
+        x.flat[rng.integers(0, x.size, 3)] = np.nan
+    yg, _ = CBackend(threads=1, generic_only=True).forward(spec, x)
+    yr, _ = reference.forward(spec, x)
+    for threads in (1, 2, 3):
+        fast = CBackend(threads=threads, always_split=True)
+        assert fast.kernel_path(spec, shape, "float32") in EXPECTED_FORWARD["cf_rows"]
+        y, _ = fast.forward(spec, x)
+        if spec.mode == "max":
+            assert_same_bits(y, yg)
+            np.testing.assert_array_equal(y, yr)
+        else:
+            np.testing.assert_array_equal(y, yg)  # the same sums in the same order
+            assert_close(y, yr, "float32", window_size(spec, shape))
+
+
 @st.composite
 def clean_arrays(draw, shape, dtype):
     """No NaN anywhere, so every plane takes the NaN-free fused loops (float16: rows converted to
