@@ -238,27 +238,34 @@ def test_max_one_nan_at_every_position(spec, shape, path):
     (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 0, 1), ceil_mode=True), (1, 3, 20, 66)),
     (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (2, 2, 21, 67)),
     (PoolSpec("max", (2, 2), pads=(0, 1, 0, 0)), (1, 3, 20, 35)),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), return_indices=True), (2, 2, 21, 67)),
+    (PoolSpec("max", (2, 2), pads=(0, 1, 0, 0), return_indices=True), (1, 3, 20, 35)),
+    (PoolSpec("max", (2, 2, 2), pads=(1, 0, 0, 0, 0, 1), return_indices=True), (1, 2, 3, 9, 40)),
 ], ids=["avg-2x2x2-depth-pad-include", "avg-2x2x2-pads", "avg-3x3-pad1-include", "avg-3x3-ceil",
-        "max-3x3-pad1", "max-2x2-left-pad"])
+        "max-3x3-pad1", "max-2x2-left-pad", "argmax-3x3-pad1", "argmax-2x2-left-pad", "argmax-2x2x2-pads"])
 @pytest.mark.parametrize("nan", [False, True])
 def test_row_runs(spec, shape, nan):
-    """Float32 max (values only) and average fold a run of output rows per call and then do the
-    runs' edge columns (cf_rows_range in pool_fast.inc); a run ends where a window leaves the
-    plane along the row axis, at a thread's last row, or at a NaN (max: redone row by row).
-    Padding along each axis, both divisors, and splits over 1 to 3 threads that cut runs short."""
+    """Float32 max (with and without indices) and average fold a run of output rows per call and
+    then do the runs' edge columns (cf_rows_range in pool_fast.inc); a run ends where a window
+    leaves the plane along the row axis, at a thread's last row, or at a NaN (max: redone row by
+    row).  Padding along each axis, both divisors, and splits over 1 to 3 threads that cut runs
+    short."""
     rng = np.random.default_rng(11)
     x = rng.uniform(-10, 10, size=shape).astype(np.float32)
     if nan:
         x.flat[rng.integers(0, x.size, 3)] = np.nan
-    yg, _ = CBackend(threads=1, generic_only=True).forward(spec, x)
-    yr, _ = reference.forward(spec, x)
+    yg, ig = CBackend(threads=1, generic_only=True).forward(spec, x)
+    yr, ir = reference.forward(spec, x)
     for threads in (1, 2, 3):
         fast = CBackend(threads=threads, always_split=True)
         assert fast.kernel_path(spec, shape, "float32") in EXPECTED_FORWARD["cf_rows"]
-        y, _ = fast.forward(spec, x)
+        y, ind = fast.forward(spec, x)
         if spec.mode == "max":
             assert_same_bits(y, yg)
             np.testing.assert_array_equal(y, yr)
+            if spec.return_indices:
+                np.testing.assert_array_equal(ind, ig)
+                np.testing.assert_array_equal(ind, ir)
         else:
             np.testing.assert_array_equal(y, yg)  # the same sums in the same order
             assert_close(y, yr, "float32", window_size(spec, shape))
