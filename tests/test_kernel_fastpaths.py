@@ -211,8 +211,9 @@ def test_cf_rows_mid_widths(data, case, threads):
     (PoolSpec("max", (2, 2, 2)), (1, 2, 2, 4, 66), "cf_rows"),
     (PoolSpec("max", (3, 3), strides=(2, 2)), (1, 2, 5, 69), "cf_rows"),
     (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (1, 2, 5, 66), "cf_rows"),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (1, 2, 9, 37), "cf_rows"),  # runs of 3 rows
     (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last"), (1, 5, 6, 19), "cl"),
-], ids=["2x2", "2x2x2", "3x3", "3x3-pad1", "3x3-channels-last"])
+], ids=["2x2", "2x2x2", "3x3", "3x3-pad1", "3x3-pad1-runs", "3x3-channels-last"])
 def test_max_one_nan_at_every_position(spec, shape, path):
     """Max without indices skips the NaN scan where the fold notes NaN itself (skip_nan_scan and
     cl_range in pool_fast.inc), and a block or item that met one is redone under the full rule.
