@@ -214,15 +214,17 @@ def test_cf_rows_mid_widths(data, case, threads):
     (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (1, 2, 9, 37), "cf_rows"),  # runs of 3 rows
     (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last"), (1, 5, 6, 19), "cl"),
 ], ids=["2x2", "2x2x2", "3x3", "3x3-pad1", "3x3-pad1-runs", "3x3-channels-last"])
-def test_max_one_nan_at_every_position(spec, shape, path):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_max_one_nan_at_every_position(spec, shape, path, dtype):
     """Max without indices skips the NaN scan where the fold notes NaN itself (skip_nan_scan and
     cl_range in pool_fast.inc), and a block or item that met one is redone under the full rule.
     So a lone NaN must be seen wherever it sits: every position in turn, each tap of each window,
-    the last one of a vector step and of the masked tail included."""
+    the last one of a vector step and of the masked tail included.  float16 goes through the same
+    AVX-512 rows, converted as they are loaded."""
     rng = np.random.default_rng(7)
     fast, generic = CBackend(threads=1), CBackend(threads=1, generic_only=True)
-    assert fast.kernel_path(spec, shape, "float32") in EXPECTED_FORWARD[path]
-    base = rng.uniform(-10, 10, size=shape).astype(np.float32)
+    assert fast.kernel_path(spec, shape, dtype) in EXPECTED_FORWARD[path]
+    base = rng.uniform(-10, 10, size=shape).astype(dtype)
     for flat in range(base.size // 2, base.size):  # the second half: one channel (cf) or half the positions (cl)
         x = base.copy()
         x.flat[flat] = np.nan
@@ -245,21 +247,23 @@ def test_max_one_nan_at_every_position(spec, shape, path):
 ], ids=["avg-2x2x2-depth-pad-include", "avg-2x2x2-pads", "avg-3x3-pad1-include", "avg-3x3-ceil",
         "max-3x3-pad1", "max-2x2-left-pad", "argmax-3x3-pad1", "argmax-2x2-left-pad", "argmax-2x2x2-pads"])
 @pytest.mark.parametrize("nan", [False, True])
-def test_row_runs(spec, shape, nan):
-    """Float32 max (with and without indices) and average fold a run of output rows per call and
-    then do the runs' edge columns (cf_rows_range in pool_fast.inc); a run ends where a window
-    leaves the plane along the row axis, at a thread's last row, or at a NaN (max: redone row by
-    row).  Padding along each axis, both divisors, and splits over 1 to 3 threads that cut runs
-    short."""
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_row_runs(spec, shape, nan, dtype):
+    """Float32 and float16 max (with and without indices) and average fold a run of output rows
+    per call and then do the runs' edge columns (cf_rows_range in pool_fast.inc); a run ends where
+    a window leaves the plane along the row axis, at a thread's last row, or at a NaN (max: redone
+    row by row).  Padding along each axis, both divisors, and splits over 1 to 3 threads that cut
+    runs short.  float16 is converted to float32 in registers and folded there, as the generic
+    path folds it in float32: the same bits."""
     rng = np.random.default_rng(11)
-    x = rng.uniform(-10, 10, size=shape).astype(np.float32)
+    x = rng.uniform(-10, 10, size=shape).astype(dtype)
     if nan:
         x.flat[rng.integers(0, x.size, 3)] = np.nan
     yg, ig = CBackend(threads=1, generic_only=True).forward(spec, x)
     yr, ir = reference.forward(spec, x)
     for threads in (1, 2, 3):
         fast = CBackend(threads=threads, always_split=True)
-        assert fast.kernel_path(spec, shape, "float32") in EXPECTED_FORWARD["cf_rows"]
+        assert fast.kernel_path(spec, shape, dtype) in EXPECTED_FORWARD["cf_rows"]
         y, ind = fast.forward(spec, x)
         if spec.mode == "max":
             assert_same_bits(y, yg)
@@ -269,7 +273,7 @@ def test_row_runs(spec, shape, nan):
                 np.testing.assert_array_equal(ind, ir)
         else:
             np.testing.assert_array_equal(y, yg)  # the same sums in the same order
-            assert_close(y, yr, "float32", window_size(spec, shape))
+            assert_close(y, yr, dtype, window_size(spec, shape))
 
 
 @st.composite
