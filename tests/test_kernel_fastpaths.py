@@ -377,7 +377,7 @@ def cl_cases(draw, modes=("max", "avg"), dtypes=None):
     256-channel block now and then."""
     spec, shape, dtype = draw(specs(modes=modes, dtypes=dtypes))
     spatial = shape[2:] if spec.layout == "channels_first" else shape[1:-1]
-    c = draw(st.one_of(st.integers(1, 3), st.sampled_from([16, 17, 255, 256, 257, 300])))
+    c = draw(st.one_of(st.integers(1, 3), st.sampled_from([16, 17, 64, 255, 256, 257, 300])))
     spec = spec.replace(layout="channels_last")
     shape = (shape[0], *spatial, c)
     try:
@@ -385,6 +385,50 @@ def cl_cases(draw, modes=("max", "avg"), dtypes=None):
     except SpecError:
         assume(False)
     return spec, shape, dtype
+
+
+@pytest.mark.parametrize("spec,shape", [
+    (PoolSpec("max", (2, 2), layout="channels_last"), (2, 9, 14, 64)),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last"), (1, 13, 15, 64)),
+    (PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last", return_indices=True),
+     (1, 13, 15, 64)),
+    (PoolSpec("max", (2, 2), layout="channels_last", return_indices=True), (2, 9, 14, 70)),
+    (PoolSpec("max", (2, 3), strides=(1, 2), dilations=(2, 2), layout="channels_last"), (1, 9, 17, 33)),
+    (PoolSpec("avg", (2, 2), layout="channels_last"), (2, 9, 14, 64)),
+    (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last", count_include_pad=True),
+     (1, 13, 15, 64)),
+    (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(0, 1, 1, 0), layout="channels_last"), (1, 13, 15, 70)),
+    (PoolSpec("max", (2, 2, 2), layout="channels_last", return_indices=True), (1, 4, 6, 8, 16)),
+], ids=["max-2x2-64", "max-3x3-pad1-64", "argmax-3x3-pad1-64", "argmax-2x2-70", "max-dilated-33", "avg-2x2-64",
+        "avg-3x3-pad1-include-64", "avg-3x3-pads-70", "argmax-2x2x2-16"])
+@pytest.mark.parametrize("data", ["random", "nan", "zeros"])
+def test_cl_runs(spec, shape, data):
+    """Float32 channels-last max (with and without indices) and avg fold runs of positions along
+    the last axis whose windows lie inside the input, the taps listed once per call
+    (cl_run_f32_avx512; copies for 64 channels with 4 or 9 taps); a run ends at a clipped window,
+    at a thread's last item, or at a NaN (max: that position under the full rule).  Bitwise the
+    generic path: -0/+0 ties show the scan order and avg's sum from +0."""
+    rng = np.random.default_rng(5)
+    if data == "zeros":
+        x = rng.choice([-1.0, -0.0, 0.0], size=shape).astype(np.float32)
+    else:
+        x = rng.uniform(-10, 10, size=shape).astype(np.float32)
+    if data == "nan":
+        x.flat[rng.integers(0, x.size, 5)] = np.nan
+    yg, ig = CBackend(threads=1, generic_only=True).forward(spec, x)
+    yr, ir = reference.forward(spec, x)
+    for threads in (1, 2, 3):
+        fast = CBackend(threads=threads, always_split=True)
+        assert fast.kernel_path(spec, shape, "float32") == "cl"
+        y, ind = fast.forward(spec, x)
+        assert_same_bits(y, yg)
+        if spec.mode == "max":
+            np.testing.assert_array_equal(y, yr)
+            if spec.return_indices:
+                np.testing.assert_array_equal(ind, ig)
+                np.testing.assert_array_equal(ind, ir)
+        else:
+            assert_close(y, yr, "float32", window_size(spec, shape))
 
 
 @examples(400)
