@@ -571,6 +571,44 @@ def test_max_backward(data, case, threads):
     check_fast_backward(spec, shape, dtype, x, data.draw(st.integers(0, 2**32 - 1)), threads, "max_back")
 
 
+@st.composite
+def tile2_cases(draw):
+    """2x2/s2 max (or 1x2x2, 1-deep windows) on even channels-first sizes; widths cross a
+    16-lane vector now and then."""
+    out = [draw(st.integers(1, 4)), draw(st.integers(1, 40))]
+    kernel = [2, 2]
+    if draw(st.booleans()):
+        out, kernel = [draw(st.integers(1, 3))] + out, [1, 2, 2]
+    spec = PoolSpec("max", kernel, strides=kernel)
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *(k * o for k, o in zip(kernel, out)))
+    return spec, shape, draw(st.sampled_from(["float32", "float16"]))
+
+
+@examples(100)
+@given(data=st.data(), case=tile2_cases(), threads=THREADS, moved=st.booleans())
+def test_max_backward_tile2(data, case, threads, moved):
+    """2x2/s2 max windows that tile a channels-first plane (max_back_tile2_avx512): dx written row
+    pair by row pair straight from dy and the indices, bitwise the generic scatter -- a -0 or NaN
+    gradient included (0 + dy).  With an index moved to another window of its plane (moved), the
+    plane goes back to the scatter, which takes it and sums the two gradients that meet."""
+    spec, shape, dtype = case
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = data.draw(arrays(shape, dtype))
+    generic = CBackend(threads=threads, generic_only=True)
+    _, ind = generic.forward(spec.replace(return_indices=True), x)
+    dy = rng.uniform(-1, 1, size=ind.shape).astype(dtype)
+    dy.flat[rng.integers(0, dy.size, 3)] = rng.choice([-0.0, np.nan, np.inf], 3)
+    if moved and ind.shape[-1] * ind.shape[-2] > 1:  # to the window after it in the same plane
+        plane = ind.reshape(-1, ind.shape[-2] * ind.shape[-1])
+        q = rng.integers(0, plane.shape[0])
+        plane[q, 0] = plane[q, 1]
+    fast = CBackend(threads=threads, always_split=True)
+    assert fast.kernel_path(spec, shape, dtype, backward=True) == "max_back"
+    dx = fast.backward(spec, shape, dy, indices=ind)
+    assert_same_bits(dx, generic.backward(spec, shape, dy, indices=ind))
+    assert_close(dx, reference.backward(spec, shape, dy, indices=ind), dtype, 4, scale=1.0)
+
+
 @examples(300)
 @given(data=st.data(), case=cf_rows_cases(modes=("avg",), dtypes=BACK_DTYPES), threads=THREADS)
 def test_avg_backward_cf_rows(data, case, threads):
