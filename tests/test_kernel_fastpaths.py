@@ -121,6 +121,31 @@ def check_fast_forward(case, x, threads, path):
         assert_close(y, yr, dtype, window_size(spec, shape))
 
 
+@pytest.mark.parametrize("size", [256, 1000, 1030, 2500])
+@pytest.mark.parametrize("where", ["first", "last", "middle"])
+@pytest.mark.parametrize("special", ["max", "nan", "zeros"])
+def test_global_float16_max_planes(size, where, special):
+    """float16 global max of planes of 256 elements and more (global_half_argmax): segments of
+    1024 converted to float32, the maximum in 16 lanes and a scalar tail, then the first element
+    equal to it or the first NaN.  The special value sits first, last (a tail of a segment) or
+    mid-plane; with zeros, -0 and +0 tie and the first one's bits must come back."""
+    rng = np.random.default_rng(size)
+    x = rng.uniform(-5, 5, size=(2, 3, size)).astype(np.float16)
+    at = {"first": 0, "last": size - 1, "middle": size // 2 + 3}[where]
+    if special == "zeros":
+        x[:] = rng.choice([-0.0, 0.0, -1.0], size=x.shape)
+    x[..., at] = {"max": 7.0, "nan": np.nan, "zeros": -0.0}[special]
+    spec = PoolSpec("max", global_pool=True, return_indices=True)
+    fast, generic = CBackend(threads=2), CBackend(threads=1, generic_only=True)
+    assert fast.kernel_path(spec, x.shape, "float16") == "global_cf"
+    y, ind = fast.forward(spec, x)
+    yg, ig = generic.forward(spec, x)
+    assert_same_bits(y, yg)
+    np.testing.assert_array_equal(ind, ig)
+    yr, ir = reference.forward(spec, x)
+    np.testing.assert_array_equal(ind, ir)
+
+
 @examples(500)
 @given(data=st.data(), case=cf_rows_cases(), threads=THREADS)
 def test_cf_rows_forward(data, case, threads):
