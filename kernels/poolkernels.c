@@ -220,13 +220,14 @@ static int backward_path(const pool_desc *d, const pool_geom *g)
     return PATH_GENERIC;
 }
 
-/* Channels-last backward splits the channels when there are fewer images than threads. */
-static int64_t backward_channel_block(const pool_desc *d, const pool_geom *g)
+/* Channels-last backward splits the channels when there are fewer images than the `nthreads` that
+ * will run it. */
+static int64_t backward_channel_block(const pool_desc *d, const pool_geom *g, int nthreads)
 {
     if (d->layout == POOL_CHANNELS_FIRST) return g->channels;
     int64_t cb = g->channels;
-    if (g->batch < d->nthreads) {
-        cb = (g->channels + d->nthreads - 1) / d->nthreads;
+    if (g->batch < nthreads) {
+        cb = (g->channels + nthreads - 1) / nthreads;
         cb = (cb + 15) / 16 * 16;
     }
     cb = cb < COLS ? cb : COLS; /* the per-block scratch of the avg path holds COLS channels */
@@ -286,15 +287,18 @@ static int64_t backward_items(const pool_geom *g, int path, int64_t cblock)
     }
 }
 
-/* Threads for `items` work items over `bytes` of input: a small call runs on the calling thread,
- * where waking a second one would cost more than it saves.  Measured on the 2-vCPU machines
- * (OMP_WAIT_POLICY=PASSIVE, as the server and benchmarks run): waking the second thread costs
- * 15-20 us, and one thread streams fast enough that two only broke even at 1-2 MiB of input
- * (max 2x2/s2 784 KiB: 58 us on one thread, 69 us on two) and won from 4 MiB.  A server's
- * typical request is below that, and its other core is busy with gRPC anyway. */
+/* Threads for `items` work items moving `bytes` (read and written: input, output, indices): a
+ * small call runs on the calling thread, where waking a second one would cost more than it saves.
+ * Measured on the 2-vCPU machines (OMP_WAIT_POLICY=PASSIVE, as the server and benchmarks run),
+ * 2026-11-26: waking the second thread and joining it cost ~40 us (1x16x32x32 max 2x2/s2: 5 us on
+ * one thread, 42 on two; it was 15-20 us on earlier days), and one thread streams a few MiB from
+ * cache at ~45 GB/s.  Max 2x2/s2 and 3x3/s2, avg 3x3/s2 on 1xCx112x112 float32 (input + output:
+ * 1.25x the input), one thread vs two: 3.9 MiB moved 69/98, 109/153, 102/157 us; 5.9 MiB 91/145,
+ * 159/202, 149/128; 7.7 MiB 121/111, 214/170, 197/165.  Two threads win from about 6 MiB.  A
+ * server's typical request is below that, and its other core is busy with gRPC anyway. */
 static int team_size(const pool_desc *d, int64_t items, int64_t bytes)
 {
-    const int64_t SMALL = 2 * 1024 * 1024;
+    const int64_t SMALL = 6 * 1024 * 1024;
     const int nthreads = d->nthreads;
     if ((bytes < SMALL && !(d->flags & POOL_FLAG_ALWAYS_SPLIT)) || items < 2) return 1;
     return items < nthreads ? (int)items : nthreads;

@@ -7,7 +7,7 @@ indices must be bitwise those of the generic path (NaN first, ties to the first 
 -0 vs +0); average pooling must give equal values where the fast path keeps the summation order
 (the payload of a NaN made by inf - inf may differ), else agree within the summation-order
 tolerance of tests/strategies.py.  The fast backends set always_split, so that hypothesis-sized
-inputs (far below the kernels' 2 MiB one-thread threshold) still go through the parallel split.
+inputs (far below the kernels' 6 MiB one-thread threshold) still go through the parallel split.
 """
 
 import numpy as np
