@@ -287,21 +287,37 @@ static int64_t backward_items(const pool_geom *g, int path, int64_t cblock)
     }
 }
 
-/* Threads for `items` work items moving `bytes` (read and written: input, output, indices): a
- * small call runs on the calling thread, where waking a second one would cost more than it saves.
- * Measured on the 2-vCPU machines (OMP_WAIT_POLICY=PASSIVE, as the server and benchmarks run),
- * 2026-11-26: waking the second thread and joining it cost ~40 us (1x16x32x32 max 2x2/s2: 5 us on
- * one thread, 42 on two; it was 15-20 us on earlier days), and one thread streams a few MiB from
- * cache at ~45 GB/s.  Max 2x2/s2 and 3x3/s2, avg 3x3/s2 on 1xCx112x112 float32 (input + output:
- * 1.25x the input), one thread vs two: 3.9 MiB moved 69/98, 109/153, 102/157 us; 5.9 MiB 91/145,
- * 159/202, 149/128; 7.7 MiB 121/111, 214/170, 197/165.  Two threads win from about 6 MiB.  A
- * server's typical request is below that, and its other core is busy with gRPC anyway. */
-static int team_size(const pool_desc *d, int64_t items, int64_t bytes)
+/* Threads for `items` work items of `work` (team_work, below): a small call runs on the calling
+ * thread, where waking a second one would cost more than it saves.  Measured on the 2-vCPU
+ * machines (OMP_WAIT_POLICY=PASSIVE, as the server and benchmarks run), 2026-11-26: waking the
+ * second thread and joining it cost ~40 us (1x16x32x32 max 2x2/s2: 5 us on one thread, 42 on two;
+ * it was 15-20 us on earlier days), and two threads paid off once one thread took ~120 us or
+ * more.  One thread vs two, 1xCx112x112, us:
+ *   float32 max 2x2/s2, 3x3/s2, avg 3x3/s2 (no indices): 3.9 MiB moved 69/98, 109/153, 102/157;
+ *     5.9 MiB 91/145, 159/202, 149/128; 7.7 MiB 121/111, 214/170, 197/165;
+ *   max 3x3/s2 with indices, 5.4 MiB moved: channels-first float32 229/161, channels-last
+ *     126/151; float16 channels-first (3.4 MiB) 240/172;
+ *   max backward 3x3/s2, one thread alone: float32 channels-first 190 us for 5.5 MiB,
+ *     channels-last 250, float16 250 for 3.6 MiB -- the scatter's cost per byte is the argmax's.
+ * A server's typical request is below that, and its other core is busy with gRPC anyway. */
+static int team_size(const pool_desc *d, int64_t items, int64_t work)
 {
     const int64_t SMALL = 6 * 1024 * 1024;
     const int nthreads = d->nthreads;
-    if ((bytes < SMALL && !(d->flags & POOL_FLAG_ALWAYS_SPLIT)) || items < 2) return 1;
+    if ((work < SMALL && !(d->flags & POOL_FLAG_ALWAYS_SPLIT)) || items < 2) return 1;
     return items < nthreads ? (int)items : nthreads;
+}
+
+/* The work team_size weighs: the bytes a call reads and writes (x, y and the indices; backward
+ * dy, dx and the indices), twice where each byte costs more than a stream (an argmax, a
+ * backward's scatter or sums), and twice again for float16 (converted to and from float32).
+ * The sizes were checked against the caller's buffers, so this cannot overflow. */
+static int64_t team_work(const pool_desc *d, const pool_geom *g, int with_indices, int backward, int64_t item)
+{
+    int64_t work = (g->x_elems + g->y_elems) * item + (with_indices ? g->y_elems * 8 : 0);
+    if (with_indices || backward) work *= 2;
+    if (d->dtype == POOL_F16) work *= 2;
+    return work;
 }
 
 /* This thread's contiguous share [*first, *last) of `items`. */

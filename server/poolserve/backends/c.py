@@ -96,8 +96,9 @@ class CBackend:
     name = "c"
 
     def __init__(self, threads: int | None = None, generic_only: bool = False, always_split: bool = False):
-        """threads: kernel worker threads (default: one per CPU); a call moving under 6 MiB
-        (input, output and indices) runs on the calling thread alone, where waking another costs more than it saves.  generic_only: run
+        """threads: kernel worker threads (default: one per CPU); a small call (under 6 MiB
+        moved, weighted by its cost per byte: team_work in poolkernels.c) runs on the calling
+        thread alone, where waking another costs more than it saves.  generic_only: run
         the generic kernels even where a specialised fast path exists, and always_split: use every
         thread even on a small call (the tests use both, to check the fast paths and their split)."""
         threads = threads or os.cpu_count() or 1
