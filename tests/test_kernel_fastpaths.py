@@ -561,8 +561,18 @@ def k3_plane(spec, shape) -> bool:
     return plane and rows_fit_scratch(g)
 
 
+def covers_plane(spec, shape) -> bool:
+    """One window over the whole of each plane, no padding: global pooling, or a kernel the size
+    of the input."""
+    g = spec.resolve(shape)
+    return all(o == 1 for o in g.out_spatial) and g.kernel == g.in_spatial and not any(g.pads_begin + g.pads_end)
+
+
 def avg_back_path(spec, shape) -> str:
     """The avg backward path the C backend takes for float dtypes, either layout."""
+    contiguous_planes = spec.layout == "channels_first" or spec.resolve(shape).channels == 1
+    if contiguous_planes and covers_plane(spec, shape):
+        return "avg_back_global"
     if tiles_exactly(spec, shape):
         return "avg_back_tile"
     if k3_plane(spec, shape):
@@ -589,7 +599,10 @@ def tile_cases(draw, dtypes=FLOAT_DTYPES):
     shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *(k * o for k, o in zip(kernel, out)))
     if draw(st.booleans()):
         spec, shape = channels_last(spec, shape, draw(st.sampled_from([1, 3, 16, 17, 70])))
+    assume(avg_back_path(spec, shape) == "avg_back_tile")  # not one window a plane: avg_back_global
     return spec, shape, draw(st.sampled_from(dtypes))
+
+
 @examples(300)
 @given(data=st.data(), case=st.one_of(cf_rows_cases(modes=("max",), dtypes=BACK_DTYPES),
                                       cl_cases(modes=("max",), dtypes=BACK_DTYPES),
@@ -687,6 +700,36 @@ def k3_plane_cases(draw, dtypes=FLOAT_DTYPES):
 def test_avg_backward_k3_plane(data, case, threads):
     spec, shape, dtype = case
     check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, "avg_back_k3_2d")
+
+
+@st.composite
+def global_back_cases(draw):
+    """Average over whole contiguous planes (channels-first, or channels-last with one channel):
+    global pooling, or a kernel the size of the input; any dtype, planes from 1 to ~1000."""
+    rank = draw(st.integers(1, 3))
+    spatial = tuple(draw(st.integers(1, 40 if rank == 1 else 10)) for _ in range(rank))
+    if draw(st.booleans()):
+        spec = PoolSpec("avg", global_pool=True)
+    else:
+        spec = PoolSpec("avg", spatial, count_include_pad=draw(st.booleans()), ceil_mode=draw(st.booleans()))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 20)), *spatial)
+    if draw(st.booleans()):
+        spec, shape = channels_last(spec, shape, 1)
+    return spec, shape, draw(st.sampled_from(FLOAT_DTYPES))
+
+
+@examples(200)
+@given(data=st.data(), case=global_back_cases(), threads=THREADS)
+def test_avg_backward_global(data, case, threads):
+    """Each element takes its plane's dy / P (avg_back_global): the generic path's values bit for
+    bit, signed zeros (+0: the generic path adds the share to zero), NaN and inf included."""
+    spec, shape, dtype = case
+    dy = data.draw(arrays(spec.resolve(shape).output_shape, dtype))
+    fast, generic = CBackend(threads=threads, always_split=True), CBackend(threads=threads, generic_only=True)
+    assert fast.kernel_path(spec, shape, dtype, backward=True) == "avg_back_global"
+    dx = fast.backward(spec, shape, dy)
+    assert_same_bits(dx, generic.backward(spec, shape, dy))
+    assert_close(dx, reference.backward(spec, shape, dy), dtype, window_size(spec, shape), scale=1.0)
 
 
 @examples(300)
