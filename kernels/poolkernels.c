@@ -138,12 +138,12 @@ static int covering_outputs(const pool_geom *g, int a, int64_t t, int64_t *o)
  * (int8/uint8 for max), forward; float32/float64 backward, and float16 backward channels-first.
  * Lp always runs the generic kernels. */
 enum pool_path {
-    PATH_GENERIC, PATH_CF_ROWS_K2, PATH_CF_ROWS_K3, PATH_CL, PATH_GLOBAL_CF,
+    PATH_GENERIC, PATH_CF_ROWS_K2, PATH_CF_ROWS_K3, PATH_CL, PATH_GLOBAL_CF, PATH_CF_WIN,
     PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL, PATH_AVG_BACK_TILE,
     PATH_AVG_BACK_K3_2D, PATH_AVG_BACK_GLOBAL
 };
 static const char *const PATH_NAMES[] = {
-    "generic", "cf_rows_k2", "cf_rows_k3", "cl", "global_cf",
+    "generic", "cf_rows_k2", "cf_rows_k3", "cl", "global_cf", "cf_win",
     "max_back", "avg_back_k2", "avg_back_k3", "avg_back_cl", "avg_back_tile",
     "avg_back_k3_2d", "avg_back_global"
 };
@@ -155,6 +155,8 @@ static int forward_path(const pool_desc *d, const pool_geom *g)
     if (d->layout == POOL_CHANNELS_LAST) return g->plane_size * g->channels <= INT32_MAX ? PATH_CL : PATH_GENERIC;
     if (is_global(g)) return PATH_GLOBAL_CF;
     if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_CF_ROWS_K2 : PATH_CF_ROWS_K3;
+    /* any other channels-first window (argmax offsets in int32, as cf_rows) */
+    if (g->es == 1 && g->k[0] * g->k[1] <= MAX_ROWS && g->plane_size <= INT32_MAX) return PATH_CF_WIN;
     return PATH_GENERIC;
 }
 
@@ -163,7 +165,8 @@ static int64_t forward_items(const pool_geom *g, int path)
 {
     switch (path) {
     case PATH_CF_ROWS_K2:
-    case PATH_CF_ROWS_K3: return g->batch * g->channels * g->out[0] * g->out[1];
+    case PATH_CF_ROWS_K3:
+    case PATH_CF_WIN: return g->batch * g->channels * g->out[0] * g->out[1];
     case PATH_CL: return g->batch * g->out_plane_size * ((g->channels + COLS - 1) / COLS);
     default: return g->batch * g->channels;
     }

@@ -88,7 +88,8 @@ def global_cf_cases(draw, modes=("max", "avg"), dtypes=None):
     return spec, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *spatial), dtype
 
 
-EXPECTED_FORWARD = {"cf_rows": ("cf_rows_k2", "cf_rows_k3"), "cl": ("cl",), "global_cf": ("global_cf",)}
+EXPECTED_FORWARD = {"cf_rows": ("cf_rows_k2", "cf_rows_k3"), "cl": ("cl",), "global_cf": ("global_cf",),
+                    "cf_win": ("cf_win",)}
 
 
 def check_fast_forward(case, x, threads, path):
@@ -155,6 +156,43 @@ def test_global_max_large_planes(dtype, size, where, special):
 @given(data=st.data(), case=cf_rows_cases(), threads=THREADS)
 def test_cf_rows_forward(data, case, threads):
     check_fast_forward(case, data.draw(arrays(case[1], case[2])), threads, "cf_rows")
+
+
+@st.composite
+def cf_win_cases(draw, modes=("max", "avg")):
+    """Channels-first windows that cf_rows does not take: along the last axis stride 1, 3 or 4,
+    or kernel 1, 4 or 5, or dilation 2; the other axes anything.  Widths cross the 16-column
+    vector and the 64-column block now and then, so the masked last vectors are met."""
+    mode = draw(st.sampled_from(modes))
+    dtype = draw(st.sampled_from(DTYPES_BY_MODE[mode]))
+    rank = draw(st.integers(1, 3))
+    k2, s2, d2 = draw(st.sampled_from([(k, s, d) for k in (1, 2, 3, 4, 5) for s in (1, 2, 3, 4) for d in (1, 2)
+                                       if not (k in (2, 3) and s == 2 and d == 1)]))
+    kernel = [draw(st.integers(1, 3)) for _ in range(rank - 1)] + [k2]
+    strides = [draw(st.integers(1, 3)) for _ in range(rank - 1)] + [s2]
+    dil = [draw(st.integers(1, 2)) for _ in range(rank - 1)] + [d2]
+    pads = tuple(draw(st.integers(0, k - 1)) for k in kernel + kernel)
+    extent = [d * (k - 1) + 1 for k, d in zip(kernel, dil)]
+    spatial = [draw(st.integers(max(1, e - 2), e + 4)) for e in extent[:-1]]
+    spatial.append(draw(st.one_of(st.integers(1, 24), st.integers(60, 150))) if rank < 3
+                   else draw(st.integers(1, 40)))
+    extra = {"return_indices": draw(st.booleans())} if mode == "max" else {"count_include_pad": draw(st.booleans())}
+    try:
+        spec = PoolSpec(mode, kernel, strides=strides, dilations=dil, pads=pads, ceil_mode=draw(st.booleans()), **extra)
+        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *spatial)
+        g = spec.resolve(shape, dtype)
+    except SpecError:
+        assume(False)
+    assume(not (g.kernel == g.in_spatial and not any(g.pads_begin + g.pads_end)))  # global_cf's
+    return spec, shape, dtype
+
+
+@examples(500)
+@given(data=st.data(), case=cf_win_cases(), threads=THREADS)
+def test_cf_win_forward(data, case, threads):
+    """Any other channels-first window (cf_win): bitwise the generic path, NaN, +-inf, -0 and
+    ties included, with and without indices."""
+    check_fast_forward(case, data.draw(arrays(case[1], case[2])), threads, "cf_win")
 
 
 @examples(400)
@@ -692,6 +730,7 @@ def k3_plane_cases(draw, dtypes=FLOAT_DTYPES):
         spec.resolve(shape)
     except SpecError:
         assume(False)
+    assume(avg_back_path(spec, shape) == "avg_back_k3_2d")  # not one window a plane: avg_back_global
     return spec, shape, draw(st.sampled_from(dtypes))
 
 
