@@ -3,7 +3,7 @@
     .venv/bin/python bench/backend_policy.py            # -> server/poolserve/backend_policy.json
                                                          #    and bench/results/backend_policy.json
 
-Keys: mode (max, avg, lp) x window ("2x2/s2", "other" = 3x3/s2/p1, "global") x dtype (float32,
+Keys: mode (max, avg, lp) x window ("2x2/s2", "s1" = 3x3/s1/p1, "other" = 3x3/s2/p1, "global") x dtype (float32,
 float16, float64; int8 and uint8 for max) x input-size bucket (<64 KiB, <1 MiB, <16 MiB,
 larger; timed at 16 KiB, 256 KiB, 4 MiB and 32 MiB).  Each backend runs in this process with the
 server's default thread count (all CPUs), on the same array, alternating backends repetition by
@@ -37,6 +37,7 @@ KiB, MiB = 1 << 10, 1 << 20
 SIZES = (16 * KiB, 256 * KiB, 4 * MiB, 32 * MiB)  # one per bucket of DEFAULT_BUCKET_BOUNDS
 WINDOW_SPECS = {
     "2x2/s2": dict(kernel_shape=(2, 2), strides=(2, 2)),
+    "s1": dict(kernel_shape=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1)),
     "other": dict(kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
     "global": dict(global_pool=True),
 }

@@ -31,6 +31,7 @@ def available(name: str) -> bool:
 
 
 WINDOWS = {"2x2/s2": dict(kernel_shape=(2, 2), strides=(2, 2)),
+           "s1": dict(kernel_shape=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1)),
            "other": dict(kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
            "global": dict(global_pool=True)}
 # small bucket bounds so that every bucket is reached by small test tensors
@@ -61,7 +62,9 @@ def test_window_classes():
     assert window_class(PoolSpec("max", (2, 2))) == "2x2/s2"
     assert window_class(PoolSpec("avg", (2, 2, 2), strides=(2, 2, 2))) == "2x2/s2"
     assert window_class(PoolSpec("max", (2, 2), pads=(1, 1, 1, 1))) == "other"
-    assert window_class(PoolSpec("max", (2, 2), strides=(1, 1))) == "other"
+    assert window_class(PoolSpec("max", (2, 2), strides=(1, 1))) == "s1"
+    assert window_class(PoolSpec("avg", (5, 5), strides=(1, 1), pads=(2, 2, 2, 2))) == "s1"
+    assert window_class(PoolSpec("max", (3, 3), strides=(1, 2))) == "other"
     assert window_class(PoolSpec("max", (3, 3), strides=(2, 2))) == "other"
     assert window_class(PoolSpec("lp", global_pool=True)) == "global"
 

@@ -11,6 +11,8 @@ timing before a server is ready, and a file one can read and diff.
 A key is (mode, window, dtype, bucket):
   window  "2x2/s2"  kernel 2 and stride 2 on every spatial axis, no padding, no dilation
           "global"  global_pool
+          "s1"      stride 1 on every spatial axis (measured on 3x3, stride 1, padding 1): the C
+                    kernels' general rows path, where ONNX Runtime can be the faster one
           "other"   any other window (measured on 3x3, stride 2, padding 1)
   bucket  the input's byte size against the table's ``bucket_bounds``: bucket i holds sizes
           below bounds[i] (and from bounds[i-1]); the last bucket has no upper bound.
@@ -31,7 +33,7 @@ from .spec import PoolSpec
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "backend_policy.json"
 DEFAULT_BUCKET_BOUNDS = (64 << 10, 1 << 20, 16 << 20)  # <64 KiB, <1 MiB, <16 MiB, larger
-WINDOWS = ("2x2/s2", "global", "other")
+WINDOWS = ("2x2/s2", "global", "s1", "other")
 
 
 def window_class(spec: PoolSpec) -> str:
@@ -42,6 +44,8 @@ def window_class(spec: PoolSpec) -> str:
             and not any(spec.pads or ()) and spec.auto_pad in ("NOTSET", "VALID")
             and all(v == 1 for v in (spec.dilations or (1,)))):
         return "2x2/s2"
+    if k and all(v == 1 for v in (spec.strides or k)):
+        return "s1"
     return "other"
 
 
