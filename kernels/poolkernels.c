@@ -140,12 +140,12 @@ static int covering_outputs(const pool_geom *g, int a, int64_t t, int64_t *o)
 enum pool_path {
     PATH_GENERIC, PATH_CF_ROWS_K2, PATH_CF_ROWS_K3, PATH_CL, PATH_GLOBAL_CF, PATH_CF_WIN,
     PATH_MAX_BACK, PATH_AVG_BACK_K2, PATH_AVG_BACK_K3, PATH_AVG_BACK_CL, PATH_AVG_BACK_TILE,
-    PATH_AVG_BACK_K3_2D, PATH_AVG_BACK_GLOBAL
+    PATH_AVG_BACK_K3_2D, PATH_AVG_BACK_GLOBAL, PATH_AVG_BACK_WIN
 };
 static const char *const PATH_NAMES[] = {
     "generic", "cf_rows_k2", "cf_rows_k3", "cl", "global_cf", "cf_win",
     "max_back", "avg_back_k2", "avg_back_k3", "avg_back_cl", "avg_back_tile",
-    "avg_back_k3_2d", "avg_back_global"
+    "avg_back_k3_2d", "avg_back_global", "avg_back_win"
 };
 
 static int forward_path(const pool_desc *d, const pool_geom *g)
@@ -216,14 +216,16 @@ static int backward_path(const pool_desc *d, const pool_geom *g)
         if (tiles_exactly(g)) return PATH_AVG_BACK_TILE;
         if (k3_plane(g)) return PATH_AVG_BACK_K3_2D;
         if (g->es != 1) return PATH_AVG_BACK_CL;
-        return cf_rows_fits(g) ? (g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3) : PATH_GENERIC;
+        if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3;
+        return g->k[0] * g->k[1] <= MAX_ROWS ? PATH_AVG_BACK_WIN : PATH_GENERIC;
     }
     if (d->mode == POOL_MAX) return PATH_MAX_BACK;
     if (tiles_exactly(g)) return PATH_AVG_BACK_TILE;
     if (k3_plane(g)) return PATH_AVG_BACK_K3_2D;
     if (d->layout == POOL_CHANNELS_LAST) return PATH_AVG_BACK_CL;
     if (cf_rows_fits(g)) return g->k[2] == 2 ? PATH_AVG_BACK_K2 : PATH_AVG_BACK_K3;
-    return PATH_GENERIC;
+    /* any other channels-first window: by planes, output row by output row */
+    return g->k[0] * g->k[1] <= MAX_ROWS ? PATH_AVG_BACK_WIN : PATH_GENERIC;
 }
 
 /* Channels-last backward splits the channels when there are fewer images than the `nthreads` that
@@ -286,7 +288,8 @@ static int64_t backward_items(const pool_geom *g, int path, int64_t cblock)
     case PATH_MAX_BACK:
         return g->es == 1 ? g->batch * g->channels : g->batch * ((g->channels + cblock - 1) / cblock);
     case PATH_AVG_BACK_CL: return g->batch * ((g->channels + cblock - 1) / cblock);
-    case PATH_AVG_BACK_GLOBAL: return g->batch * g->channels; /* planes */
+    case PATH_AVG_BACK_GLOBAL:
+    case PATH_AVG_BACK_WIN: return g->batch * g->channels; /* planes */
     case PATH_AVG_BACK_TILE:
     case PATH_AVG_BACK_K3_2D: /* output rows, of a plane or (channels-last) of an image */
         return (g->es == 1 ? g->batch * g->channels : g->batch) * g->out[0] * g->out[1];

@@ -617,7 +617,10 @@ def avg_back_path(spec, shape) -> str:
         return "avg_back_k3_2d"
     if spec.layout == "channels_last":
         return "avg_back_cl"
-    return "avg_back_k2" if spec.resolve(shape).kernel[-1] == 2 else "avg_back_k3"
+    g = spec.resolve(shape)
+    if g.kernel[-1] in (2, 3) and g.strides[-1] == 2 and g.dilations[-1] == 1:
+        return "avg_back_k2" if g.kernel[-1] == 2 else "avg_back_k3"
+    return "avg_back_win"
 
 
 def channels_last(spec, shape, c):
@@ -739,6 +742,14 @@ def k3_plane_cases(draw, dtypes=FLOAT_DTYPES):
 def test_avg_backward_k3_plane(data, case, threads):
     spec, shape, dtype = case
     check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, "avg_back_k3_2d")
+
+
+@examples(300)
+@given(data=st.data(), case=cf_win_cases(modes=("avg",)), threads=THREADS)
+def test_avg_backward_win(data, case, threads):
+    """Any other channels-first window (avg_back_win): shares added tap by tap along the rows."""
+    spec, shape, dtype = case
+    check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, "avg_back_win")
 
 
 @st.composite
