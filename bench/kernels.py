@@ -1,7 +1,7 @@
 """Kernel benchmark: poolserve's C kernels against ONNX Runtime, PyTorch and the memory floor.
 
-For every case (DESIGN.md's shape set, plus float16, channels-last and global variants) and mode
-(max, max with indices, avg, and the max/avg backward), one run times:
+For every case (DESIGN.md's shape set, plus float16, channels-last, global and stride-1
+variants) and mode (max, max with indices, avg, and the max/avg backward), one run times:
 
 * ``c``         poolserve.backends.c.CBackend(threads=T).forward/backward, end to end from Python;
 * ``ort``       a bare ``session.run`` of a one-node ONNX graph (MaxPool, AveragePool, Global*)
@@ -62,6 +62,8 @@ STANDARD = [
     ("resnet-stem-cl", (1, 64, 112, 112), "float32", "channels_last", 3, 2, 1),
     ("batch32-cl", (32, 64, 56, 56), "float32", "channels_last", 2, 2, 0),
     ("global-7x7", (32, 512, 7, 7), "float32", "channels_first", None, None, None),
+    # stride 1 (Inception's 3x3/s1/p1 branch pooling): off the stride-2 fast paths (cf_win)
+    ("inception-s1", (1, 64, 56, 56), "float32", "channels_first", 3, 1, 1),
 ]
 # the four largest float32 shapes: the bandwidth-floor targets apply to them
 LARGEST_F32 = ("vgg-pool1", "batch32", "wide-overlap", "video3d")
