@@ -34,19 +34,25 @@ typedef struct pool_geom {
     double p;
 } pool_geom;
 
+/* Taps of window o along axis a inside the input (padded = 0) or inside the padded input
+ * (padded = 1). */
+static inline int64_t axis_taps(const pool_geom *g, int a, int64_t o, int padded)
+{
+    const int64_t lo = padded ? -g->pb[a] : 0, hi = padded ? g->in[a] + g->pe[a] : g->in[a];
+    const int64_t start = o * g->s[a] - g->pb[a];
+    if (g->d[a] != 1) {
+        int64_t n = 0;
+        for (int64_t j = 0; j < g->k[a]; j++) n += start + j * g->d[a] >= lo && start + j * g->d[a] < hi;
+        return n;
+    }
+    const int64_t b = start > lo ? start : lo, e = start + g->k[a] < hi ? start + g->k[a] : hi;
+    return e > b ? e - b : 0;
+}
+
+/* The average's divisor with count_include_pad: the window's taps inside the padded input */
 static int64_t padded_taps(const pool_geom *g, int64_t o0, int64_t o1, int64_t o2)
 {
-    const int64_t o[3] = {o0, o1, o2};
-    int64_t count = 1;
-    for (int a = 0; a < 3; a++) {
-        int64_t n = 0;
-        for (int64_t j = 0; j < g->k[a]; j++) {
-            int64_t t = o[a] * g->s[a] - g->pb[a] + j * g->d[a];
-            if (t >= -g->pb[a] && t < g->in[a] + g->pe[a]) n++;
-        }
-        count *= n;
-    }
-    return count;
+    return axis_taps(g, 0, o0, 1) * axis_taps(g, 1, o1, 1) * axis_taps(g, 2, o2, 1);
 }
 
 static inline double lp_pow(double a, double p)
