@@ -87,10 +87,10 @@ static int is_global(const pool_geom *g)
     return 1;
 }
 
-/* Output columns [*lo, *hi) whose window lies inside the input on the last axis (dilation 1). */
+/* Output columns [*lo, *hi) whose window lies inside the input on the last axis. */
 static void interior_columns(const pool_geom *g, int64_t *lo, int64_t *hi)
 {
-    const int64_t s = g->s[2], k = g->k[2];
+    const int64_t s = g->s[2], k = (g->k[2] - 1) * g->d[2] + 1; /* the dilated extent */
     int64_t l = (g->pb[2] + s - 1) / s;
     int64_t h = g->in[2] - k + g->pb[2] >= 0 ? (g->in[2] - k + g->pb[2]) / s + 1 : 0;
     if (h > g->out[2]) h = g->out[2];
@@ -100,20 +100,12 @@ static void interior_columns(const pool_geom *g, int64_t *lo, int64_t *hi)
 }
 
 /* The input rows, in scan order, that output row (o0, o1) reads: their offsets inside the plane
- * (when off is not NULL) and their count; *padded counts the rows inside the padded input, the
- * row factor of the count_include_pad divisor. */
-static int window_rows(const pool_geom *g, int64_t o0, int64_t o1, int64_t *off, int64_t *padded)
+ * (when off is not NULL) and their count; *padded (when padded is not NULL) counts the rows
+ * inside the padded input, the row factor of the count_include_pad divisor. */
+static inline __attribute__((always_inline)) int window_rows(const pool_geom *g, int64_t o0, int64_t o1, int64_t *off,
+                                                            int64_t *padded)
 {
     int n = 0;
-    int64_t p0 = 0, p1 = 0;
-    for (int64_t j = 0; j < g->k[0]; j++) {
-        int64_t t = o0 * g->s[0] - g->pb[0] + j * g->d[0];
-        p0 += t >= -g->pb[0] && t < g->in[0] + g->pe[0];
-    }
-    for (int64_t j = 0; j < g->k[1]; j++) {
-        int64_t t = o1 * g->s[1] - g->pb[1] + j * g->d[1];
-        p1 += t >= -g->pb[1] && t < g->in[1] + g->pe[1];
-    }
     for (int64_t j0 = 0; j0 < g->k[0]; j0++) {
         int64_t t0 = o0 * g->s[0] - g->pb[0] + j0 * g->d[0];
         if (t0 < 0 || t0 >= g->in[0]) continue;
@@ -124,7 +116,7 @@ static int window_rows(const pool_geom *g, int64_t o0, int64_t o1, int64_t *off,
             n++;
         }
     }
-    *padded = p0 * p1;
+    if (padded) *padded = axis_taps(g, 0, o0, 1) * axis_taps(g, 1, o1, 1);
     return n;
 }
 
