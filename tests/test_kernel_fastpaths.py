@@ -195,6 +195,21 @@ def test_cf_win_forward(data, case, threads):
     check_fast_forward(case, data.draw(arrays(case[1], case[2])), threads, "cf_win")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("mode,indices", [("max", False), ("max", True), ("avg", False)])
+def test_cf_win_wide_rows_of_taps(dtype, mode, indices):
+    """Windows wider than the AVX-512 blocks' clipped-tap masks hold (over 32 taps a row): those
+    blocks take only the columns whose window lies inside the row, the others the column loop.
+    Row widths put a partial last block inside [lo, hi)."""
+    rng = np.random.default_rng(7)
+    for k, width, pad in [(33, 100, 0), (40, 150, 5), (40, 150, 0), (35, 99, 17)]:
+        extra = {"return_indices": indices} if mode == "max" else {"count_include_pad": True}
+        spec = PoolSpec(mode, (1, k), strides=(1, 1), pads=(0, pad, 0, pad), **extra)
+        x = rng.standard_normal((1, 3, 2, width)).astype(dtype)
+        x[0, 1, 1, rng.integers(0, width)] = np.nan
+        check_fast_forward((spec, x.shape, dtype), x, 1, "cf_win")
+
+
 @examples(400)
 @given(data=st.data(), case=global_cf_cases(), threads=THREADS)
 def test_global_cf_forward(data, case, threads):
