@@ -1,6 +1,7 @@
 # poolserve: every target sets up .venv itself from nothing but Python 3.11, gcc and pip.
 #   make serve      build, install into .venv, start the server on localhost
-#   make test       install with the test extra and run the whole suite (and the sanitizer run)
+#   make test       install with the test extra and run the whole suite (and the ISA and sanitizer runs)
+#   make test-isa   the kernel tests again with the AVX-512/AVX2 paths capped below the CPU's level
 #   make test-asan  the kernel tests against an AddressSanitizer + UBSan build of the kernels
 #   make bench      benchmarks; results under bench/results/ (bench-policy: auto's backend table;
 #                   bench-service: latency vs tensor size, unary vs chunked vs echo;
@@ -19,7 +20,7 @@ SOURCES := pyproject.toml setup.py $(wildcard kernels/*.c kernels/*.h kernels/*.
 ASAN_LIB := build/asan/libpoolkernels.so
 CFLAGS_ASAN := -std=c11 -O1 -g -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -DPOOL_NO_CLONES
 
-.PHONY: venv serve test test-py test-asan soak bench bench-policy bench-service bench-kernels bench-onnx bench-targets protos clean
+.PHONY: venv serve test test-py test-isa test-asan soak bench bench-policy bench-service bench-kernels bench-onnx bench-targets protos clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +37,19 @@ $(STAMP): $(VENV)/bin/python $(SOURCES)
 
 venv: $(STAMP)
 
-test: test-py test-asan
+test: test-py test-isa test-asan
 
 test-py: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The kernel tests again with the hand-written paths capped below this CPU's level
+# (POOLSERVE_KERNEL_ISA), so that one machine checks every form it can run -- AVX-512, AVX2 and
+# plain C -- against the generic path; test-py ran them at the CPU's own level.
+test-isa: $(STAMP)
+	@for level in $$($(PY) -c 'from poolserve.backends._kernels import ISA_LEVELS, isa; print(*ISA_LEVELS[:ISA_LEVELS.index(isa())] if isa() in ISA_LEVELS else [])'); do \
+	  echo "kernel tests with POOLSERVE_KERNEL_ISA=$$level"; \
+	  POOLSERVE_KERNEL_ISA=$$level $(PY) -m pytest -q -p no:cacheprovider -m kernels tests || exit 1; \
+	done
 
 # The same kernel sources, built with sanitizers, loaded in place of the installed library.
 # Python itself is not instrumented, so libasan is preloaded; leaks are CPython's, not ours.

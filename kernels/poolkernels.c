@@ -371,11 +371,23 @@ __attribute__((target("avx2,f16c"))) static void float_to_half_f16c(const float 
     for (; i < n; i++) d[i] = (_Float16)s[i];
 }
 
-static int have_f16c;
-__attribute__((constructor)) static void detect_f16c(void)
+/* The hand-written kernels each level may run, settled once when the library loads.  The
+ * target_clones resolver picks the compiled clones by the CPU alone; these flags pick the
+ * intrinsic paths, and POOLSERVE_KERNEL_ISA may cap them ("x86-64-v3": no AVX-512 path;
+ * "x86-64": none but the plain C) so that a test run on an AVX-512 machine also checks the AVX2
+ * and the plain forms. */
+static int have_f16c, have_avx2, have_avx512;
+__attribute__((constructor)) static void detect_isa(void)
 {
     __builtin_cpu_init();
-    have_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    const char *cap = getenv("POOLSERVE_KERNEL_ISA");
+    const int level = !cap ? 4 : strcmp(cap, "x86-64-v3") == 0 ? 3 : strcmp(cap, "x86-64") == 0 ? 1 : 4;
+    have_f16c = level >= 3 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    have_avx2 = have_f16c && __builtin_cpu_supports("fma");
+    /* F, BW and VL (every AVX-512 CPU but Xeon Phi): the row loops load and store float16 with
+     * BW's 16-bit masks */
+    have_avx512 = level >= 4 && have_avx2 && __builtin_cpu_supports("avx512f") &&
+                  __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 }
 #endif
 
@@ -737,11 +749,8 @@ const char *pool_strerror(int status)
 const char *pool_isa(void)
 {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    /* the same test the target_clones resolver makes */
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
-    if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3";
-    return "x86-64";
+    /* the hand-written paths' level: the CPU's, or below it where POOLSERVE_KERNEL_ISA caps it */
+    return have_avx512 ? "x86-64-v4" : have_avx2 ? "x86-64-v3" : "x86-64";
 #elif defined(__aarch64__)
     return "neon";
 #else

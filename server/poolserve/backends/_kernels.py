@@ -2,7 +2,9 @@
 
 The library is built by the package build into the installed package
 (poolserve/libpoolkernels.so) and loaded from there.  POOLSERVE_KERNEL_LIB names another build
-of the same library, for the sanitizer run (`make test-asan`).
+of the same library, for the sanitizer run (`make test-asan`).  POOLSERVE_KERNEL_ISA caps the
+hand-written instruction-set paths the library picks at load ("x86-64-v3": AVX2 but no AVX-512;
+"x86-64": plain C only), for tests (`make test-isa`) and for comparing the forms' speed.
 
 ctypes.CDLL calls release the GIL for the whole call, so kernels on several request threads run
 in parallel; keep it that way (never PyDLL).
@@ -17,6 +19,8 @@ from pathlib import Path
 ABI_VERSION = 2
 MAX_RANK = 3
 MAX_THREADS = 256
+# The levels POOLSERVE_KERNEL_ISA names, lowest first (kernels/poolkernels.c's detect_isa)
+ISA_LEVELS = ("x86-64", "x86-64-v3", "x86-64-v4")
 
 MODES = {"max": 0, "avg": 1, "lp": 2}
 DTYPES = {"float32": 0, "float64": 1, "float16": 2, "int8": 3, "uint8": 4}
@@ -77,6 +81,9 @@ def library_path() -> Path:
 
 def _load() -> ctypes.CDLL:
     path = library_path()
+    cap = os.environ.get("POOLSERVE_KERNEL_ISA")
+    if cap and cap not in ISA_LEVELS:
+        raise ImportError(f"POOLSERVE_KERNEL_ISA={cap!r} is not one of {', '.join(ISA_LEVELS)}")
     if not path.exists():
         raise ImportError(f"poolserve's C kernels are not built: {path} is missing; "
                           "install the package with `pip install .` (or `make serve`), which builds them")
