@@ -329,7 +329,7 @@ def test_max_one_nan_at_every_position(spec, shape, path, dtype):
     (PoolSpec("max", (2, 2, 2), pads=(1, 0, 0, 0, 0, 1), return_indices=True), (1, 2, 3, 9, 40)),
 ], ids=["avg-2x2x2-depth-pad-include", "avg-2x2x2-pads", "avg-3x3-pad1-include", "avg-3x3-ceil",
         "max-3x3-pad1", "max-2x2-left-pad", "argmax-3x3-pad1", "argmax-2x2-left-pad", "argmax-2x2x2-pads"])
-@pytest.mark.parametrize("nan", [False, True])
+@pytest.mark.parametrize("nan", [False, True, "left-inf"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_row_runs(spec, shape, nan, dtype):
     """Float32 and float16 max (with and without indices) and average fold a run of output rows
@@ -337,10 +337,14 @@ def test_row_runs(spec, shape, nan, dtype):
     a window leaves the plane along the row axis, at a thread's last row, or at a NaN (max: redone
     row by row).  Padding along each axis, both divisors, and splits over 1 to 3 threads that cut
     runs short.  float16 is converted to float32 in registers and folded there, as the generic
-    path folds it in float32: the same bits."""
+    path folds it in float32: the same bits.  "left-inf": the first two columns -inf, so that a
+    window the left padding clips holds -inf only, and its argmax is its first real tap's (never
+    the padding's, where the run folds window 0 from a padded -inf)."""
     rng = np.random.default_rng(11)
     x = rng.uniform(-10, 10, size=shape).astype(dtype)
-    if nan:
+    if nan == "left-inf":
+        x[..., :2] = -np.inf
+    elif nan:
         x.flat[rng.integers(0, x.size, 3)] = np.nan
     yg, ig = CBackend(threads=1, generic_only=True).forward(spec, x)
     yr, ir = reference.forward(spec, x)

@@ -34,6 +34,14 @@ CASES = [
     ("global-9-avg", PoolSpec("avg", global_pool=True), (3, 11, 3, 3), "float32"),
     ("global-64-max", PoolSpec("max", global_pool=True), (1, 19, 64), "float32"),
     ("global-17-max", PoolSpec("max", global_pool=True), (1, 19, 17), "float32"),
+    # the stride-2 rows (cf_rows): 3x3/s2/p1 folds the left-padded column into the run
+    ("rows-3x3-pad1-max", PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (2, 5, 21, 37), "float32"),
+    ("rows-3x3-pad1-idx", PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), return_indices=True),
+     (2, 5, 21, 37), "float32"),
+    ("rows-2x2-idx", PoolSpec("max", (2, 2), return_indices=True), (1, 6, 12, 46), "float32"),
+    ("rows-3x3-pad1-avg-spread", PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (2, 5, 21, 37),
+     "float32"),
+    ("rows-2x2-avg-spread", PoolSpec("avg", (2, 2)), (1, 6, 12, 46), "float32"),
     # sums whose rounding depends on the order of the terms: a form that adds in another order
     # gives other bits (the tie-laden inputs sum exactly in any order)
     ("global-64-avg-spread", PoolSpec("avg", global_pool=True), (1, 19, 64), "float32"),
