@@ -42,6 +42,11 @@ CASES = [
     ("rows-3x3-pad1-avg-spread", PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (2, 5, 21, 37),
      "float32"),
     ("rows-2x2-avg-spread", PoolSpec("avg", (2, 2)), (1, 6, 12, 46), "float32"),
+    # other windows (cf_win): stride 1, interior blocks of 32 and 64 columns and a shorter one
+    ("win-3x3-s1-idx", PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1), return_indices=True),
+     (1, 7, 9, 83), "float32"),
+    ("win-3x3-s1-max", PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1)), (1, 7, 9, 83), "float32"),
+    ("win-5x5-s1-avg-spread", PoolSpec("avg", (5, 5), strides=(1, 1), pads=(2, 2, 2, 2)), (1, 7, 9, 83), "float32"),
     # sums whose rounding depends on the order of the terms: a form that adds in another order
     # gives other bits (the tie-laden inputs sum exactly in any order)
     ("global-64-avg-spread", PoolSpec("avg", global_pool=True), (1, 19, 64), "float32"),
