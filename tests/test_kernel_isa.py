@@ -26,7 +26,7 @@ pytestmark = pytest.mark.kernels
 ORDER = list(_kernels.ISA_LEVELS)
 LEVELS = ORDER[: ORDER.index(_kernels.isa()) + 1] if _kernels.isa() in ORDER else []
 
-# (name, spec, channels-first shape, dtype): each aimed at a path with hand-written forms
+# (name, spec, input shape in its layout, dtype): each aimed at a path with hand-written forms
 CASES = [
     ("global-49", PoolSpec("max", global_pool=True, return_indices=True), (2, 37, 7, 7), "float32"),
     ("global-49-max", PoolSpec("max", global_pool=True), (2, 37, 7, 7), "float32"),
@@ -47,6 +47,12 @@ CASES = [
      (1, 7, 9, 83), "float32"),
     ("win-3x3-s1-max", PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1)), (1, 7, 9, 83), "float32"),
     ("win-5x5-s1-avg-spread", PoolSpec("avg", (5, 5), strides=(1, 1), pads=(2, 2, 2, 2)), (1, 7, 9, 83), "float32"),
+    # channels-last runs of positions (cl_run): 64 channels, and 40 (a shorter second block)
+    ("cl-3x3-idx", PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last",
+                            return_indices=True), (1, 15, 17, 64), "float32"),
+    ("cl-2x2-max", PoolSpec("max", (2, 2), layout="channels_last"), (2, 10, 14, 40), "float32"),
+    ("cl-3x3-avg-spread", PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last"),
+     (1, 15, 17, 40), "float32"),
     # sums whose rounding depends on the order of the terms: a form that adds in another order
     # gives other bits (the tie-laden inputs sum exactly in any order)
     ("global-64-avg-spread", PoolSpec("avg", global_pool=True), (1, 19, 64), "float32"),
