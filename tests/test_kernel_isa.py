@@ -42,6 +42,15 @@ CASES = [
     ("rows-3x3-pad1-avg-spread", PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (2, 5, 21, 37),
      "float32"),
     ("rows-2x2-avg-spread", PoolSpec("avg", (2, 2)), (1, 6, 12, 46), "float32"),
+    # float16 rows: converted to float32 as loaded, rounded back as stored
+    ("rows-3x3-pad1-max-f16", PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (2, 5, 21, 37),
+     "float16"),
+    ("rows-3x3-pad1-idx-f16", PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), return_indices=True),
+     (2, 5, 21, 37), "float16"),
+    ("rows-2x2-idx-f16", PoolSpec("max", (2, 2), return_indices=True), (1, 6, 12, 46), "float16"),
+    ("rows-3x3-pad1-avg-f16-spread", PoolSpec("avg", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (2, 5, 21, 37),
+     "float16"),
+    ("rows-2x2-avg-f16-spread", PoolSpec("avg", (2, 2)), (1, 6, 12, 46), "float16"),
     # other windows (cf_win): stride 1, interior blocks of 32 and 64 columns and a shorter one
     ("win-3x3-s1-idx", PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1), return_indices=True),
      (1, 7, 9, 83), "float32"),
@@ -75,10 +84,12 @@ pickle.dump(out, open(sys.argv[2], "wb"))
 
 def inputs(name, shape, dtype, seed):
     """Values with ties, signed zeros, infinities and, in a third of the planes, NaN; or, for
-    the "-spread" cases, finite values over twelve decades, so that every sum rounds"""
+    the "-spread" cases, finite values over twelve decades (float16: eight, its range), so that
+    the sums round"""
     rng = np.random.default_rng(seed)
     if name.endswith("-spread"):
-        return (rng.standard_normal(shape) * 10.0 ** rng.uniform(-6, 6, shape)).astype(dtype)
+        half = 6 if dtype == "float32" else 4
+        return (rng.standard_normal(shape) * 10.0 ** rng.uniform(-half, half, shape)).astype(dtype)
     x = rng.integers(-4, 5, size=shape).astype(dtype) / 2  # ties aplenty
     specials = np.array([0.0, -0.0, np.inf, -np.inf], dtype)
     spots = rng.random(shape) < 0.05
