@@ -55,6 +55,10 @@ CASES = [
     ("win-3x3-s1-idx", PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1), return_indices=True),
      (1, 7, 9, 83), "float32"),
     ("win-3x3-s1-max", PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1)), (1, 7, 9, 83), "float32"),
+    ("win-3x3-s1-idx-f16", PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1), return_indices=True),
+     (1, 7, 9, 83), "float16"),
+    ("win-3x3-s1-max-f16-short", PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1)), (1, 7, 9, 21),
+     "float16"),
     ("win-5x5-s1-avg-spread", PoolSpec("avg", (5, 5), strides=(1, 1), pads=(2, 2, 2, 2)), (1, 7, 9, 83), "float32"),
     # channels-last runs of positions (cl_run): 64 channels, and 40 (a shorter second block)
     ("cl-3x3-idx", PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last",
