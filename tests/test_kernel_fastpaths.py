@@ -210,6 +210,19 @@ def test_cf_win_wide_rows_of_taps(dtype, mode, indices):
         check_fast_forward((spec, x.shape, dtype), x, 1, "cf_win")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("height", [8, 16, 5])
+def test_cf_win_padded_rows_that_share_a_slot(dtype, height):
+    """Stride-1 max without indices copies each input row into a -inf padded row, kept in one of
+    8 slots by row number: 3-D windows whose rows lie 8 (or 16) row numbers apart (planes of 8 or
+    16 rows) land in one slot, which the path must see and leave to the other loop."""
+    rng = np.random.default_rng(11)
+    for kernel, pads in [((2, 2, 3), (0, 0, 1, 0, 0, 1)), ((3, 1, 3), (1, 0, 2, 1, 0, 0))]:
+        spec = PoolSpec("max", kernel, strides=(1, 1, 1), pads=pads)
+        x = rng.standard_normal((1, 2, 4, height, 37)).astype(dtype)
+        check_fast_forward((spec, x.shape, dtype), x, 1, "cf_win")
+
+
 @examples(400)
 @given(data=st.data(), case=global_cf_cases(), threads=THREADS)
 def test_global_cf_forward(data, case, threads):
