@@ -223,6 +223,19 @@ def test_cf_win_padded_rows_that_share_a_slot(dtype, height):
         check_fast_forward((spec, x.shape, dtype), x, 1, "cf_win")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_cf_win_padded_rows_minus_inf_indices(dtype):
+    """With indices on -inf padded rows, a column whose window holds only -inf keeps its first
+    real tap's index, never the padding's: planes of -inf, and -inf at the row edges only."""
+    rng = np.random.default_rng(5)
+    spec = PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 2, 1, 2), return_indices=True)
+    x = rng.standard_normal((1, 3, 6, 45)).astype(dtype)
+    x[0, 0] = -np.inf
+    x[0, 1, :, :3] = -np.inf
+    x[0, 2, :, -3:] = -np.inf
+    check_fast_forward((spec, x.shape, dtype), x, 1, "cf_win")
+
+
 @examples(400)
 @given(data=st.data(), case=global_cf_cases(), threads=THREADS)
 def test_global_cf_forward(data, case, threads):
