@@ -236,6 +236,35 @@ def test_cf_win_padded_rows_minus_inf_indices(dtype):
     check_fast_forward((spec, x.shape, dtype), x, 1, "cf_win")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("width", [9, 10, 37, 56])
+@pytest.mark.parametrize("indices", [False, True])
+def test_cf_win_separable_max(dtype, width, indices):
+    """Stride-1 max on AVX2 folds each input row's maxima (and their columns) along the last axis
+    first, then the window's rows: still the first maximum in scan order, so -0 against +0 keeps
+    the row-major winner and its index (signed zeros in every window), rows holding a NaN send
+    their windows back to the blocks, windows of -inf keep their first real tap's index.  Widths
+    around 8 interior columns (9: 7, the separable form needs 8), 2-D and 3-D windows, dilation,
+    asymmetric pads, 1 and 2 threads."""
+    rng = np.random.default_rng(width)
+    specs = [
+        PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1), return_indices=indices),
+        PoolSpec("max", (2, 3), strides=(1, 1), pads=(0, 2, 1, 0), dilations=(2, 2), return_indices=indices),
+        PoolSpec("max", (2, 2, 3), strides=(1, 1, 1), pads=(0, 1, 1, 0, 0, 1), return_indices=indices),
+    ]
+    for spec in specs:
+        shape = (2, 3, 3, 7, width) if len(spec.kernel_shape) == 3 else (2, 3, 7, width)
+        zeros = rng.choice(np.array([-0.0, 0.0, -1.0], dtype), size=shape)
+        mixed = rng.standard_normal(shape).astype(dtype)
+        mixed[0, 0, ..., 2, 3] = np.nan  # one row with a NaN
+        mixed[0, 1] = -np.inf
+        mixed[1, 0, ..., :3] = -np.inf  # -inf where the padding clips the windows
+        mixed[1, 2, ..., -3:] = -np.inf
+        for x in (zeros, mixed):
+            for threads in (1, 2):
+                check_fast_forward((spec, x.shape, dtype), x, threads, "cf_win")
+
+
 @examples(400)
 @given(data=st.data(), case=global_cf_cases(), threads=THREADS)
 def test_global_cf_forward(data, case, threads):
