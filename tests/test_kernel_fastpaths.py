@@ -104,11 +104,13 @@ def check_fast_forward(case, x, threads, path):
     yg, indg = generic.forward(spec, x)
     if spec.mode == "max":
         assert_same_bits(y, yg)  # the fast paths keep the generic scan order and copy the winner
-    elif path != "global_cf":
+    elif path == "global_cf" or (path == "cf_win" and g.strides[-1] == 1):
+        # other orders of the additions: global planes in lanes, stride-1 windows row by row
+        # (cf_win's separable average)
+        assert_close(y, yg, dtype, window_size(spec, shape))
+    else:
         # the same sums in the same order: equal values (NaN payloads from inf - inf may differ)
         np.testing.assert_array_equal(y, yg)
-    else:
-        assert_close(y, yg, dtype, window_size(spec, shape))
     if spec.return_indices:
         np.testing.assert_array_equal(ind, indg)
     else:
@@ -212,15 +214,17 @@ def test_cf_win_wide_rows_of_taps(dtype, mode, indices):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("height", [8, 16, 5])
-def test_cf_win_padded_rows_that_share_a_slot(dtype, height):
-    """Stride-1 max without indices copies each input row into a -inf padded row, kept in one of
-    8 slots by row number: 3-D windows whose rows lie 8 (or 16) row numbers apart (planes of 8 or
-    16 rows) land in one slot, which the path must see and leave to the other loop."""
+def test_cf_win_rows_that_share_a_slot(dtype, height):
+    """Stride-1 max copies each input row into a -inf padded row, or keeps its maxima, and the
+    average its sums, in one of 8 slots by row number: 3-D windows whose rows lie 8 (or 16) row
+    numbers apart (planes of 8 or 16 rows) land in one slot, which the path must see and leave to
+    the other loop."""
     rng = np.random.default_rng(11)
     for kernel, pads in [((2, 2, 3), (0, 0, 1, 0, 0, 1)), ((3, 1, 3), (1, 0, 2, 1, 0, 0))]:
-        spec = PoolSpec("max", kernel, strides=(1, 1, 1), pads=pads)
-        x = rng.standard_normal((1, 2, 4, height, 37)).astype(dtype)
-        check_fast_forward((spec, x.shape, dtype), x, 1, "cf_win")
+        for mode in ("max", "avg"):
+            spec = PoolSpec(mode, kernel, strides=(1, 1, 1), pads=pads)
+            x = rng.standard_normal((1, 2, 4, height, 37)).astype(dtype)
+            check_fast_forward((spec, x.shape, dtype), x, 1, "cf_win")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -261,6 +265,36 @@ def test_cf_win_separable_max(dtype, width, indices):
         mixed[1, 0, ..., :3] = -np.inf  # -inf where the padding clips the windows
         mixed[1, 2, ..., -3:] = -np.inf
         for x in (zeros, mixed):
+            for threads in (1, 2):
+                check_fast_forward((spec, x.shape, dtype), x, threads, "cf_win")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("width", [9, 10, 37, 56])
+@pytest.mark.parametrize("include_pad", [False, True])
+def test_cf_win_separable_avg(dtype, width, include_pad):
+    """Stride-1 average sums each input row's taps along the last axis first, then adds the
+    window's rows and divides by each column's divisor: the rows' factor times the column's taps,
+    count_include_pad's (padding counted, not the part past it) or not, so the clipped columns at
+    both edges and the planes' edge rows each have theirs.  Another order of the additions than
+    the generic path's, so within the summation-order tolerance of it and of the reference
+    (check_fast_forward), NaN and +-inf rows included.  Widths around the 8 interior columns the
+    separable form needs (9: 7), 2-D and 3-D windows, dilation, asymmetric pads, 1 and 2 threads."""
+    rng = np.random.default_rng(width)
+    specs = [
+        PoolSpec("avg", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1), count_include_pad=include_pad),
+        PoolSpec("avg", (2, 3), strides=(1, 1), pads=(0, 2, 1, 0), dilations=(2, 2), count_include_pad=include_pad),
+        PoolSpec("avg", (2, 2, 3), strides=(1, 1, 1), pads=(0, 1, 1, 0, 0, 1), count_include_pad=include_pad),
+        PoolSpec("avg", (1, 4), strides=(1, 1), pads=(0, 3, 0, 2), count_include_pad=include_pad),
+    ]
+    for spec in specs:
+        shape = (2, 3, 3, 7, width) if len(spec.kernel_shape) == 3 else (2, 3, 7, width)
+        spread = rng.uniform(-100, 100, size=shape).astype(dtype)
+        special = spread.copy()
+        special[0, 0, ..., 2, 3] = np.nan
+        special[0, 1, ..., 1, :2] = np.inf  # in clipped columns' windows
+        special[1, 2, ..., 4, -1] = -np.inf
+        for x in (spread, special):
             for threads in (1, 2):
                 check_fast_forward((spec, x.shape, dtype), x, threads, "cf_win")
 

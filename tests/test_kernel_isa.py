@@ -60,6 +60,9 @@ CASES = [
     ("win-3x3-s1-max-f16-short", PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1)), (1, 7, 9, 21),
      "float16"),
     ("win-5x5-s1-avg-spread", PoolSpec("avg", (5, 5), strides=(1, 1), pads=(2, 2, 2, 2)), (1, 7, 9, 83), "float32"),
+    # stride-1 average sums row by row in every form (AVX2 intrinsics, plain C), one order
+    ("win-3x3-s1-avg-include-f16-spread", PoolSpec("avg", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
+                                                   count_include_pad=True), (1, 7, 9, 83), "float16"),
     # channels-last runs of positions (cl_run): 64 channels, and 40 (a shorter second block)
     ("cl-3x3-idx", PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), layout="channels_last",
                             return_indices=True), (1, 15, 17, 64), "float32"),
