@@ -201,6 +201,13 @@ static int k3_plane(const pool_geom *g)
            g->k[1] == 3 && g->s[1] == 2 && g->d[1] == 1 && g->k[2] == 3 && g->s[2] == 2 && g->d[2] == 1;
 }
 
+/* Stride 1 along both axes of a plane (2-D or 1-D windows, no depth): avg_back_win's separable
+ * form */
+static int stride1_plane(const pool_geom *g)
+{
+    return g->in[0] == 1 && g->out[0] == 1 && g->k[0] == 1 && g->s[1] == 1 && g->s[2] == 1;
+}
+
 static int backward_path(const pool_desc *d, const pool_geom *g)
 {
     if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;

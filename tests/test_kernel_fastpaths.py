@@ -860,6 +860,32 @@ def test_avg_backward_win(data, case, threads):
     check_fast_backward(spec, shape, dtype, None, data.draw(st.integers(0, 2**32 - 1)), threads, "avg_back_win")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("include_pad", [False, True])
+def test_avg_backward_stride1_plane(dtype, include_pad):
+    """Stride 1 along both axes of a plane (avg_back_win's separable form): each output row's
+    shares summed per input column, then each input row the sum of its output rows.  Windows
+    clipped at every edge (pads up to k - 1, asymmetric, ones past the input's end), dilation,
+    input rows and columns in no window, 1-D windows, a depth-1 3-D window, widths from one column
+    up; within the summation-order tolerance of the generic path and the reference."""
+    cases = [
+        (PoolSpec("avg", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1)), [(1, 3, 7, 9), (2, 2, 1, 1), (1, 2, 56, 56)]),
+        (PoolSpec("avg", (2, 4), strides=(1, 1), pads=(1, 0, 0, 3)), [(1, 2, 5, 11), (1, 1, 2, 4)]),
+        (PoolSpec("avg", (3, 2), strides=(1, 1), pads=(2, 0, 0, 1), dilations=(2, 3)), [(1, 2, 9, 13)]),
+        # rows 1-3 and columns 1-3 in no window: their gradient is 0
+        (PoolSpec("avg", (2, 2), strides=(1, 1), dilations=(4, 4)), [(1, 2, 5, 5), (1, 1, 5, 12)]),
+        (PoolSpec("avg", (5,), strides=(1,), pads=(4, 2), ceil_mode=True), [(2, 3, 17), (1, 1, 3)]),
+        (PoolSpec("avg", (1, 3, 3), strides=(1, 1, 1), pads=(0, 1, 2, 0, 0, 1)), [(1, 2, 1, 6, 19)]),
+    ]
+    seed = 0
+    for spec, shapes in cases:
+        spec = spec.replace(count_include_pad=include_pad)
+        for shape in shapes:
+            for threads in (1, 2):
+                seed += 1
+                check_fast_backward(spec, shape, dtype, None, seed, threads, "avg_back_win")
+
+
 @st.composite
 def global_back_cases(draw):
     """Average over whole contiguous planes (channels-first, or channels-last with one channel):
