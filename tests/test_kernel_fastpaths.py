@@ -779,10 +779,11 @@ def tile2_cases(draw):
 @examples(100)
 @given(data=st.data(), case=tile2_cases(), threads=THREADS, moved=st.booleans())
 def test_max_backward_tile2(data, case, threads, moved):
-    """2x2/s2 max windows that tile a channels-first plane (max_back_tile2_avx512): dx written row
-    pair by row pair straight from dy and the indices, bitwise the generic scatter -- a -0 or NaN
-    gradient included (0 + dy).  With an index moved to another window of its plane (moved), the
-    plane goes back to the scatter, which takes it and sums the two gradients that meet."""
+    """2x2/s2 max windows that tile a channels-first plane (max_back_tile2_avx512, _avx2): dx
+    written row pair by row pair straight from dy and the indices, bitwise the generic scatter -- a
+    -0 or NaN gradient included (0 + dy).  With an index moved to the next window of its plane
+    (moved; anywhere: in a vector step or among the last outputs done one by one), the plane goes
+    back to the scatter, which takes it and sums the two gradients that meet."""
     spec, shape, dtype = case
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     x = data.draw(arrays(shape, dtype))
@@ -792,8 +793,8 @@ def test_max_backward_tile2(data, case, threads, moved):
     dy.flat[rng.integers(0, dy.size, 3)] = rng.choice([-0.0, np.nan, np.inf], 3)
     if moved and ind.shape[-1] * ind.shape[-2] > 1:  # to the window after it in the same plane
         plane = ind.reshape(-1, ind.shape[-2] * ind.shape[-1])
-        q = rng.integers(0, plane.shape[0])
-        plane[q, 0] = plane[q, 1]
+        q, j = rng.integers(0, plane.shape[0]), rng.integers(0, plane.shape[1] - 1)
+        plane[q, j] = plane[q, j + 1]
     fast = CBackend(threads=threads, always_split=True)
     assert fast.kernel_path(spec, shape, dtype, backward=True) == "max_back"
     dx = fast.backward(spec, shape, dy, indices=ind)
