@@ -202,10 +202,12 @@ static int k3_plane(const pool_geom *g)
 }
 
 /* Stride 1 along both axes of a plane (2-D or 1-D windows, no depth): avg_back_win's separable
- * form */
+ * form, which holds an output row's column sums per output row (out[1] x in[2] elements of
+ * scratch per thread): up to 4 Mi of them, larger planes take the scatter */
 static int stride1_plane(const pool_geom *g)
 {
-    return g->in[0] == 1 && g->out[0] == 1 && g->k[0] == 1 && g->s[1] == 1 && g->s[2] == 1;
+    return g->in[0] == 1 && g->out[0] == 1 && g->k[0] == 1 && g->s[1] == 1 && g->s[2] == 1 &&
+           g->out[1] <= ((int64_t)1 << 22) / g->in[2];
 }
 
 static int backward_path(const pool_desc *d, const pool_geom *g)
