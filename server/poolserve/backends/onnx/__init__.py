@@ -31,15 +31,15 @@ def _native_contiguous(a: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4096)
-def _forward_plan(spec: PoolSpec, np_dtype: np.dtype, shape: tuple[int, ...]) -> GraphKey:
-    """The forward graph for (spec, dtype, shape), after the spec's checks and the refusals.
+def _forward_plan(spec: PoolSpec, np_dtype: np.dtype, shape: tuple[int, ...], provider: str) -> GraphKey:
+    """The forward graph for (spec, dtype, shape) on the provider, after the spec's checks and the refusals.
 
     Memoised: a server sees the same few (spec, shape) pairs again and again, and resolving and
     keying cost more than the rest of the wrapper (~8 of ~15 us).  Exceptions are not cached.
     """
     dtype = np_dtype.name
     g = spec.resolve(shape, dtype)  # SpecError (INVALID_ARGUMENT) before any refusal
-    reason = capabilities.forward_gap(spec, dtype)
+    reason = capabilities.forward_gap(spec, dtype, provider)
     if reason:
         raise Unsupported(reason)
     return graph_key("forward", _graph_spec(spec, dtype, g), dtype, g.rank)
@@ -91,7 +91,7 @@ class OnnxBackend:
 
     # -- capabilities ------------------------------------------------------------------------
     def supports(self, spec: PoolSpec, dtype: str) -> str | None:
-        return capabilities.forward_gap(spec, dtype) or self._missing_files("forward", spec, dtype)
+        return capabilities.forward_gap(spec, dtype, self.providers[0]) or self._missing_files("forward", spec, dtype)
 
     def supports_backward(self, spec: PoolSpec, dtype: str) -> str | None:
         """Like supports(), for backward (max backward scatters only, so it has fewer gaps)."""
@@ -128,7 +128,7 @@ class OnnxBackend:
         x = _native_contiguous(np.asarray(x))
         # keyed by the dtype object: numpy's dtype.name is Python code that, right after a
         # multi-megabyte call (cold caches), cost 6-30 us per call in bench/onnx_overhead.py
-        session = self.session(_forward_plan(spec, x.dtype, x.shape))
+        session = self.session(_forward_plan(spec, x.dtype, x.shape, self.providers[0]))
         if spec.return_indices:
             y, ind = _run(session, ("Y", "Indices"), {"X": x})
             return y, ind

@@ -3,13 +3,13 @@
 Two kinds of refusal, each with the reason a caller sees (FAILED_PRECONDITION):
 
 * kernel gaps: ONNX Runtime's CPU provider has no kernel for the operator in that dtype
-  (onnxruntime 1.32 on x86-64; `tests/test_onnx_backend.py::test_kernel_gaps_are_real` checks
+  (onnxruntime 1.32 on x86-64, graphs at opset 21; `tests/test_onnx_backend.py::test_kernel_gaps_are_real` checks
   that each listed gap still fails, so the list cannot go stale silently);
 * deviations: ONNX Runtime gives another answer than the spec and the graph cannot fix it
   (``deviation``).
 
-A global spec whose Global* operator is missing (GlobalLpPool, GlobalMaxPool with indices or
-on float64 and integers) runs as the plain operator over the whole extent instead
+A global spec whose Global* operator is missing (GlobalLpPool on float64, GlobalMaxPool with
+indices or on float64 and integers) runs as the plain operator over the whole extent instead
 (``global_as_window``), so only the plain operator's gaps refuse it.
 
 Anything else that ONNX Runtime refuses when the session is built also becomes Unsupported
@@ -29,7 +29,7 @@ KERNEL_GAPS = {
     ("AveragePool", "float64"), ("LpPool", "float64"),
     ("GlobalAveragePool", "float64"),
     ("GlobalMaxPool", "float64"), ("GlobalMaxPool", "int8"), ("GlobalMaxPool", "uint8"),
-    ("GlobalLpPool", "float32"), ("GlobalLpPool", "float64"), ("GlobalLpPool", "float16"),
+    ("GlobalLpPool", "float64"),
 }
 
 
@@ -55,7 +55,7 @@ def _kernel_gap(op: str, dtype: str) -> str | None:
 def global_as_window(spec: PoolSpec, dtype: str) -> bool:
     """Whether a global spec runs as the plain pool over a window of the input's whole spatial
     extent (stride 1, no pads: the spec's own definition of global pooling), because the Global*
-    operator cannot: no kernel for the dtype, no GlobalLpPool at all, no Indices output.  The
+    operator cannot: no kernel for the dtype, no Indices output.  The
     kernel fixes the spatial shape, so there is one such graph per input spatial shape."""
     if not spec.global_pool:
         return False
@@ -63,14 +63,29 @@ def global_as_window(spec: PoolSpec, dtype: str) -> bool:
             or (spec.mode == "max" and spec.return_indices))
 
 
-def forward_gap(spec: PoolSpec, dtype: str) -> str | None:
-    """None when the forward graph of (spec, dtype) runs; otherwise why not."""
+def forward_gap(spec: PoolSpec, dtype: str, provider: str = "CPUExecutionProvider") -> str | None:
+    """None when the forward graph of (spec, dtype) runs on the provider; otherwise why not."""
     if dtype not in DTYPES_BY_MODE[spec.mode]:
         return f"{spec.mode} pooling takes {', '.join(DTYPES_BY_MODE[spec.mode])}, not {dtype}"
     cdt = compute_dtype(spec, dtype)
     if global_as_window(spec, dtype):
-        return _kernel_gap(OP_NAMES[spec.mode], cdt)
-    return _kernel_gap(operator(spec), cdt) or deviation(spec)
+        return _kernel_gap(OP_NAMES[spec.mode], cdt) or provider_deviation(spec, provider)
+    return _kernel_gap(operator(spec), cdt) or deviation(spec) or provider_deviation(spec, provider)
+
+
+def provider_deviation(spec: PoolSpec, provider: str) -> str | None:
+    """Where one provider's kernels answer otherwise than the spec (and the CPU provider's do not).
+
+    Found on an H200 with onnxruntime-gpu 1.31; tests/test_cuda.py::test_cuda_index_ties_are_real
+    shows it on ONNX Runtime itself, so the entry cannot go stale silently on a GPU machine.
+    Operators the CUDA provider has no kernel for at all (LpPool, GlobalLpPool) are refused when
+    the session is built (sessions.WORK_OPS), not listed here.
+    """
+    if provider == "CUDAExecutionProvider" and spec.mode == "max" and spec.return_indices:
+        # ReLU outputs are full of such ties (all-zero windows)
+        return ("ONNX Runtime's CUDA MaxPool returns another index than the first among tied maxima "
+                "(the spec's rule); the c backend or provider cpu returns the first")
+    return None
 
 
 def deviation(spec: PoolSpec) -> str | None:

@@ -34,9 +34,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ...spec import PoolSpec
 
-# MaxPool, AveragePool and LpPool were last changed in opset 22; IR 10 is what opset 22 needs,
-# so the files also load in older runtimes that know that opset.
-OPSET = 22
+# Opset 21, not 22: opset 22 changed the pooling operators only by adding bfloat16 (which
+# poolserve does not serve), and ONNX Runtime's CUDA provider (1.31) has no kernel for MaxPool-22,
+# so at opset 22 every MaxPool ran on the CPU (tests/test_cuda.py).  IR 10 is what opset 21
+# needs, so the files also load in older runtimes that know that opset.
+OPSET = 21
 IR_VERSION = 10
 
 OP_NAMES = {"max": "MaxPool", "avg": "AveragePool", "lp": "LpPool"}
@@ -348,6 +350,32 @@ def _window_adjoint(b: _Builder, g: str, spec: PoolSpec, rank: int, in_spatial: 
     return b.op("Reshape", [cut, b.op("Concat", [n_c, in_spatial], axis=0)])
 
 
+def _taps_inside(b: _Builder, ones: str, spec: PoolSpec, rank: int, in_spatial: str, out_spatial: str,
+                 pads_begin: str, dtype: str) -> str:
+    """How many taps of each window lie inside the input, (1, 1, *out): the window sum of ``ones``
+    (a (1, 1, *in) plane of ones).
+
+    A Conv of the ones with an all-ones kernel over the input zero-padded by pads_begin in front and
+    behind by what the last window reaches past it (end pads, ceil mode, SAME), then Slice to the
+    output's windows (a floor-mode axis may leave room for more).  Not LpPool(ones, p=1): ONNX
+    Runtime's CUDA provider has no LpPool.  Round: cuDNN may pick an inexact (Winograd, FFT)
+    algorithm for the Conv, and these are small integers.
+    """
+    strides = list(spec.strides or spec.kernel_shape)
+    dilations = list(spec.dilations or (1,) * rank)
+    reach = [(k - 1) * d + 1 for k, d in zip(spec.kernel_shape, dilations)]
+    # the extent the windows span, from the first window's start: (out - 1) * stride + reach
+    span = b.op("Add", [b.op("Mul", [b.op("Sub", [out_spatial, b.const(1, np.int64, "one")]),
+                                     b.const(strides, np.int64, "strides")]), b.const(reach, np.int64, "reach")])
+    zeros = b.const(np.zeros(rank), np.int64, "zeros")
+    behind = b.op("Max", [b.op("Sub", [span, b.op("Add", [in_spatial, pads_begin])]), zeros])
+    spatial_axes = b.const(list(range(2, rank + 2)), np.int64, "spatial_axes")
+    padded = b.op("Pad", [ones, b.op("Concat", [pads_begin, behind], axis=0), b.const(0, dtype, "zero"), spatial_axes])
+    sums = b.op("Conv", [padded, b.const(np.ones((1, 1) + tuple(spec.kernel_shape)), dtype, "window_ones")],
+                strides=strides, dilations=dilations, name="taps_inside")
+    return b.op("Round", [b.op("Slice", [sums, zeros, out_spatial, spatial_axes])])
+
+
 def backward_model(key: GraphKey) -> onnx.ModelProto:
     """The input gradient.
 
@@ -388,18 +416,20 @@ def backward_model(key: GraphKey) -> onnx.ModelProto:
         lo, hi = (2, rank + 2) if spec.layout == "channels_first" else (1, rank + 1)
         in_spatial = b.op("Slice", [x_shape, b.const([lo], np.int64, "sp_begin"), b.const([hi], np.int64, "sp_end")])
         if spec.mode == "avg":
-            # 1/divisor per window: AveragePool(ones) / SumPool(ones), which is 1/#taps inside the
-            # input, or with count_include_pad 1/#taps inside the padded input -- the forward's
-            # own divisor rule, taken from the forward operator itself.
+            # 1/divisor per window: AveragePool(ones) / #taps inside the input, which is 1/#taps
+            # inside the input, or with count_include_pad 1/#taps inside the padded input -- the
+            # forward's own divisor rule, taken from the forward operator itself.  One (1, 1, ...)
+            # plane of them serves every image and channel.
             if spec.global_pool:  # no pads: the divisor is the spatial size
                 weight = b.op("Reciprocal", [b.op("Cast", [b.op("ReduceProd", [in_spatial], keepdims=1)],
                                                   to=_tensor_type(acc))], name="inv_divisor")
             else:
-                cf_shape = x_shape if spec.layout == "channels_first" else b.op(
-                    "Gather", [x_shape, b.const([0, rank + 1] + list(range(1, rank + 1)), np.int64, "perm")])
-                ones = b.op("ConstantOfShape", [cf_shape], value=numpy_helper.from_array(np.ones(1, acc)))
+                plane = b.op("Concat", [b.const([1, 1], np.int64, "one_one"), in_spatial], axis=0)
+                ones = b.op("ConstantOfShape", [plane], value=numpy_helper.from_array(np.ones(1, acc)))
                 mean = _pool(b, "avg", ones, spec, rank, count_include_pad=int(spec.count_include_pad))
-                taps = _pool(b, "lp", ones, spec, rank, p=1)
+                out_spatial = b.op("Slice", [b.op("Shape", [dy_cf]), b.const([2], np.int64, "sp_begin"),
+                                             b.const([rank + 2], np.int64, "sp_end")])
+                taps = _taps_inside(b, ones, spec, rank, in_spatial, out_spatial, "pads_begin", acc)
                 weight = b.op("Div", [mean, taps], name="inv_divisor")
             dx = _window_adjoint(b, b.op("Mul", [dy_cf, weight]), spec, rank, in_spatial, "pads_begin", acc)
         else:

@@ -20,6 +20,13 @@ from ..base import Unsupported
 ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # providers poolserve has graphs for; ORT builds may list others (Azure, ...) that do not pool
 POOLING_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# the nodes that touch every element of a graph (graphs.py): on a provider other than the CPU
+# each must run on that provider.  ONNX Runtime appends the CPU provider to every session and
+# gives it whatever the named one has no kernel for, and get_providers() still lists the named
+# one first: without this check a CUDA session could pool on the CPU unseen.  Shape arithmetic
+# (Shape, Slice, Concat of int64 shapes) may stay on the CPU: ONNX Runtime keeps it there.
+WORK_OPS = frozenset({"MaxPool", "AveragePool", "LpPool", "GlobalMaxPool", "GlobalAveragePool", "GlobalLpPool",
+                      "ConvTranspose", "ScatterElements"})
 
 
 def available_providers() -> tuple[str, ...]:
@@ -61,6 +68,9 @@ class SessionCache:
         self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._options.log_severity_level = 3  # errors only: unsupported graphs are reported by us
+        if providers[0] != "CPUExecutionProvider":
+            # which provider runs each node, for _off_provider
+            self._options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         self._sessions: OrderedDict[Hashable, ort.InferenceSession] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -94,7 +104,20 @@ class SessionCache:
         if got[0] != self.providers[0]:
             raise Unsupported(f"ONNX Runtime gave graph {name} the providers {got}, not {self.providers[0]}; "
                               f"refusing a silent fallback")
+        off = self._off_provider(session)
+        if off:
+            raise Unsupported(f"ONNX Runtime {ort.__version__} would run {', '.join(off)} of graph {name} on "
+                              f"another provider than {self.providers[0]}; refusing a silent fallback "
+                              f"(the c backend or provider cpu runs it)")
         return session
+
+    def _off_provider(self, session: ort.InferenceSession) -> list[str]:
+        """The work nodes (WORK_OPS) that the session gives to another provider than the first."""
+        if self.providers[0] == "CPUExecutionProvider":
+            return []
+        return sorted({f"{node.op_type} ({sub.ep_name})" for sub in session.get_provider_graph_assignment_info()
+                       if sub.ep_name != self.providers[0]
+                       for node in sub.get_nodes() if node.op_type in WORK_OPS})
 
 
 def model_file(model_dir: str | Path, name: str) -> Path:
