@@ -575,13 +575,17 @@ def cl_cases(draw, modes=("max", "avg"), dtypes=None):
      (1, 13, 15, 64)),
     (PoolSpec("avg", (3, 3), strides=(2, 2), pads=(0, 1, 1, 0), layout="channels_last"), (1, 13, 15, 70)),
     (PoolSpec("max", (2, 2, 2), layout="channels_last", return_indices=True), (1, 4, 6, 8, 16)),
+    (PoolSpec("max", (5, 5), strides=(1, 2), dilations=(1, 2), layout="channels_last", return_indices=True),
+     (1, 9, 20, 33)),
 ], ids=["max-2x2-64", "max-3x3-pad1-64", "argmax-3x3-pad1-64", "argmax-2x2-70", "max-dilated-33", "avg-2x2-64",
-        "avg-3x3-pad1-include-64", "avg-3x3-pads-70", "argmax-2x2x2-16"])
+        "avg-3x3-pad1-include-64", "avg-3x3-pads-70", "argmax-2x2x2-16", "argmax-5x5-dilated-33"])
 @pytest.mark.parametrize("data", ["random", "nan", "zeros"])
 def test_cl_runs(spec, shape, data):
     """Float32 channels-last max (with and without indices) and avg fold runs of positions along
     the last axis whose windows lie inside the input, the taps listed once per call
-    (cl_run_f32_avx512; copies for 64 channels with 4 or 9 taps); a run ends at a clipped window,
+    (cl_run_f32_avx512; copies for 64 channels with 4 or 9 taps; on AVX2 the argmax's tap
+    numbers turn into offsets by one permute up to 8 taps, two up to 16, a gather past that: the
+    5x5 case); a run ends at a clipped window,
     at a thread's last item, or at a NaN (max: that position under the full rule).  Bitwise the
     generic path: -0/+0 ties show the scan order and avg's sum from +0."""
     rng = np.random.default_rng(5)
