@@ -1024,11 +1024,16 @@ def test_float16_channels_last_backward_big_calls(spec, shape):
 
 
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
-@pytest.mark.parametrize("bad", ["negative", "other_plane", "past_end", "next_image", "between_channels"])
+@pytest.mark.parametrize("bad", ["negative", "other_plane", "past_end", "next_image", "previous_image",
+                                 "between_channels"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype):
+@pytest.mark.parametrize("channels", [3, 4])
+def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype, channels):
+    """Each bad index is refused (POOL_E_INDEX), never added anywhere.  Channels-last checks that
+    an index is a multiple of the channel count from its channel's first element: with a mask
+    where that count is a power of two (4), else through a double quotient (3)."""
     spec = PoolSpec("max", (2, 2), layout=layout)
-    shape = (2, 3, 6, 6) if layout == "channels_first" else (2, 6, 6, 3)
+    shape = (2, channels, 6, 6) if layout == "channels_first" else (2, 6, 6, channels)
     x = np.random.default_rng(3).standard_normal(shape).astype(dtype)
     b = CBackend(threads=2)
     assert b.kernel_path(spec, shape, dtype, backward=True) == "max_back"
@@ -1043,6 +1048,8 @@ def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype):
         first[-1] = x.size
     elif bad == "next_image":
         first[0] += x[0].size  # the same position and channel, one image later: inside the array
+    elif bad == "previous_image":
+        first[-1] -= x[0].size  # the same position and channel, one image earlier: inside the array
     else:
         if layout == "channels_first":
             pytest.skip("channels-first planes are contiguous: nothing lies between them")
