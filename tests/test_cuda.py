@@ -24,7 +24,7 @@ from poolserve.backends.base import Unsupported  # noqa: E402
 from poolserve.backends.onnx import OnnxBackend, sessions  # noqa: E402
 from poolserve.spec import PoolSpec  # noqa: E402
 
-from strategies import arrays, assert_close, examples, specs, window_size  # noqa: E402
+from strategies import arrays, assert_close, assert_matches_reference, examples, specs, window_size  # noqa: E402
 
 
 def _cuda_reason():
@@ -43,17 +43,6 @@ def _cuda():
     return OnnxBackend(threads=2, providers="cuda")
 
 
-def agree(spec, actual, expected, dtype, shape):
-    (y, ind), (yr, ir) = actual, expected
-    assert y.shape == yr.shape and y.dtype == yr.dtype
-    if spec.mode == "max":
-        np.testing.assert_array_equal(y, yr)
-        if spec.return_indices:
-            np.testing.assert_array_equal(ind, ir)
-    else:
-        assert_close(y, yr, dtype, window_size(spec, shape))
-
-
 def _refused_for_the_gpu(e: Unsupported) -> bool:
     """A refusal that the CUDA provider's own gaps explain (sessions.SessionCache)."""
     return "silent fallback" in str(e) or "cannot run graph" in str(e)
@@ -70,11 +59,11 @@ def test_cuda_forward_matches_reference(data, case):
             cuda.forward(spec, x)
         return
     try:
-        got = cuda.forward(spec, x)
+        y, ind = cuda.forward(spec, x)
     except Unsupported as e:
         assert _refused_for_the_gpu(e), e
         return
-    agree(spec, got, reference.forward(spec, x), dtype, shape)
+    assert_matches_reference(spec, x, y, ind)
 
 
 @examples(100)
@@ -123,7 +112,7 @@ def test_common_specs_pool_on_the_gpu(spec, dtype):
     cuda = _cuda()
     shape = (2, 8) + (9, 10, 7)[: spec.rank or 2]
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    agree(spec, cuda.forward(spec, x), reference.forward(spec, x), dtype, shape)
+    assert_matches_reference(spec, x, *cuda.forward(spec, x))
     g = spec.resolve(shape)
     dy = np.random.default_rng(1).uniform(-1, 1, g.output_shape).astype(dtype)
     kw = {"indices": reference.forward(spec.replace(return_indices=True), x)[1]} if spec.mode == "max" else {}
