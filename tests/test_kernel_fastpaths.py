@@ -255,9 +255,12 @@ def test_cf_win_separable_max(dtype, width, indices):
         PoolSpec("max", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1), return_indices=indices),
         PoolSpec("max", (2, 3), strides=(1, 1), pads=(0, 2, 1, 0), dilations=(2, 2), return_indices=indices),
         PoolSpec("max", (2, 2, 3), strides=(1, 1, 1), pads=(0, 1, 1, 0, 0, 1), return_indices=indices),
+        # windows 7 and 9 rows high: the 2-D form's ring of 8 rows holds the first, not the second
+        PoolSpec("max", (4, 3), strides=(1, 1), pads=(2, 1, 1, 1), dilations=(2, 1), return_indices=indices),
+        PoolSpec("max", (5, 3), strides=(1, 1), pads=(3, 1, 2, 1), dilations=(2, 1), return_indices=indices),
     ]
     for spec in specs:
-        shape = (2, 3, 3, 7, width) if len(spec.kernel_shape) == 3 else (2, 3, 7, width)
+        shape = (2, 3, 3, 7, width) if len(spec.kernel_shape) == 3 else (2, 3, 11, width)
         zeros = rng.choice(np.array([-0.0, 0.0, -1.0], dtype), size=shape)
         mixed = rng.standard_normal(shape).astype(dtype)
         mixed[0, 0, ..., 2, 3] = np.nan  # one row with a NaN
@@ -286,6 +289,7 @@ def test_cf_win_separable_avg(dtype, width, include_pad):
         PoolSpec("avg", (2, 3), strides=(1, 1), pads=(0, 2, 1, 0), dilations=(2, 2), count_include_pad=include_pad),
         PoolSpec("avg", (2, 2, 3), strides=(1, 1, 1), pads=(0, 1, 1, 0, 0, 1), count_include_pad=include_pad),
         PoolSpec("avg", (1, 4), strides=(1, 1), pads=(0, 3, 0, 2), count_include_pad=include_pad),
+        PoolSpec("avg", (4, 3), strides=(1, 1), pads=(2, 1, 1, 1), dilations=(2, 1), count_include_pad=include_pad),
     ]
     for spec in specs:
         shape = (2, 3, 3, 7, width) if len(spec.kernel_shape) == 3 else (2, 3, 7, width)
