@@ -326,17 +326,20 @@ static int team_size(const pool_desc *d, int64_t items, int64_t work)
 }
 
 /* The work team_size weighs: the bytes a call reads and writes (x, y and the indices; backward
- * dy, dx and the indices), twice where each byte costs about twice a stream's time (`heavy`: the
- * channels-first argmax of the cf_rows paths, 229 us for 5.4 MiB above -- not the channels-last
- * one, 126 us, folded across channels like a plain max, nor the global one), and twice for
+ * dy, dx and the indices), times `weight` where each byte costs that many times a stream's time
+ * (2: the channels-first argmax of the cf_rows paths, 229 us for 5.4 MiB above -- not the
+ * channels-last one, 126 us, folded across channels like a plain max, nor the global one; 4:
+ * cf_win's stride-1 windows, whose output is as large as the input and each value folds a whole
+ * window: 1x64x56x56 3x3/s1 max took 165-173 us on one thread for 1.5 MiB, 101-165 on two, avg
+ * 177-266 / 116-161, with indices 243-269 / 164-242, best of 300 calls, 2026-11-27), and twice for
  * float16 (converted to and from float32).  Backward weighs as a stream: float32 max 3x3/s2 was
  * level or slower on two threads (channels-first 190/200 us, channels-last 250/282), float16
  * faster (1x64x112x112: 263 us on one thread, 170 on two).  The sizes were checked against the
  * caller's buffers, so this cannot overflow. */
-static int64_t team_work(const pool_desc *d, const pool_geom *g, int with_indices, int heavy, int64_t item)
+static int64_t team_work(const pool_desc *d, const pool_geom *g, int with_indices, int weight, int64_t item)
 {
     int64_t work = (g->x_elems + g->y_elems) * item + (with_indices ? g->y_elems * 8 : 0);
-    if (heavy) work *= 2;
+    work *= weight;
     if (d->dtype == POOL_F16) work *= 2;
     return work;
 }
