@@ -235,6 +235,20 @@ static int backward_path(const pool_desc *d, const pool_geom *g)
     return g->k[0] * g->k[1] <= MAX_ROWS ? PATH_AVG_BACK_WIN : PATH_GENERIC;
 }
 
+/* The weight of a backward call in team_work (below): 1 where the windows tile the input, so that
+ * each dx element takes at most one dy (a stream's cost per byte); 3 for the max scatter of
+ * overlapping or stride-1 windows, 2 for their avg sums.  Alternating runs, 2026-11-28, one thread
+ * vs two, median us, 3x3/s2/p1 channels-first float32 unless named: max 1x16x112x112 140/116,
+ * 143/134; 1x24 173/130, 182/141; 1x64 476/285, 460/278 (channels-last 539/415, 573/460); 1x64x56x56
+ * 3x3/s1 max 352/229, 381/244; 32x512x7x7 global max 227/153, 247/160; avg 1x24 136/109, 130/107;
+ * 1x64 313/198, 291/194; global avg 213/142, 206/137 -- the scatter's cost per byte is the
+ * argmax's, and both gained from the second thread where a stream of the same bytes would not. */
+static int backward_weight(const pool_desc *d, const pool_geom *g)
+{
+    if (tiles_exactly(g)) return 1;
+    return d->mode == POOL_MAX ? 3 : 2;
+}
+
 /* Channels-last backward splits the channels when there are fewer images than the `nthreads` that
  * will run it. */
 static int64_t backward_channel_block(const pool_desc *d, const pool_geom *g, int nthreads)
@@ -337,9 +351,9 @@ static int team_size(const pool_desc *d, int64_t items, int64_t work)
  * cf_win's stride-1 windows, whose output is as large as the input and each value folds a whole
  * window: 1x64x56x56 3x3/s1 max took 165-173 us on one thread for 1.5 MiB, 101-165 on two, avg
  * 177-266 / 116-161, with indices 243-269 / 164-242, best of 300 calls, 2026-11-27), and twice for
- * float16 (converted to and from float32).  Backward weighs as a stream: float32 max 3x3/s2 was
- * level or slower on two threads (channels-first 190/200 us, channels-last 250/282), float16
- * faster (1x64x112x112: 263 us on one thread, 170 on two).  The sizes were checked against the
+ * float16 (converted to and from float32).  Backward: backward_weight (on 2026-11-26 float32 max
+ * 3x3/s2 read level or slower on two threads, channels-first 190/200 us, channels-last 250/282; on
+ * 11-28 two won, figures there).  The sizes were checked against the
  * caller's buffers, so this cannot overflow. */
 static int64_t team_work(const pool_desc *d, const pool_geom *g, int with_indices, int weight, int64_t item)
 {
