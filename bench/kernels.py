@@ -3,7 +3,9 @@
 For every case (DESIGN.md's shape set, plus float16, channels-last, global and stride-1
 variants) and mode (max, max with indices, avg, and the max/avg backward), one run times:
 
-* ``c``         poolserve.backends.c.CBackend(threads=T).forward/backward, end to end from Python;
+* ``c``         poolserve.backends.c.CBackend(threads=T).forward/backward, end to end from Python,
+                under the server's malloc settings (poolserve.server.tune_malloc), as the
+                PyTorch calls are too;
 * ``ort``       a bare ``session.run`` of a one-node ONNX graph (MaxPool, AveragePool, Global*)
                 built here with onnx.helper, T intra-op threads (channels-last: the same spec,
                 so the graph is Transpose -> pool -> Transpose, ONNX pooling being NCHW only);
@@ -45,6 +47,7 @@ import numpy as np  # noqa: E402
 
 from poolserve.backends import _kernels  # noqa: E402
 from poolserve.backends.c import CBackend  # noqa: E402
+from poolserve.server import MALLOC_TOP_PAD, tune_malloc  # noqa: E402
 from poolserve.spec import PoolSpec  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -397,6 +400,9 @@ def main(argv=None):
     ap.add_argument("--only", help="run the cases whose name contains this")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    # the server's malloc setting, as bench/backend_policy.py does: without it whether a big output
+    # page-faults in afresh on every call (2 ms on 3 MiB) depends on what the process freed before
+    tune_malloc(MALLOC_TOP_PAD)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "threads": args.threads, "isa": CBackend.isa(), "cpu": platform.processor() or platform.machine(),
             "cpus": os.cpu_count()}

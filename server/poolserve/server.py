@@ -43,6 +43,8 @@ log = logging.getLogger("poolserve.server")
 MiB = 1 << 20
 # glibc M_TOP_PAD the server sets (--malloc-top-pad); the benchmarks set the same (tune_malloc)
 MALLOC_TOP_PAD = 256 * MiB
+# glibc's ceiling for M_MMAP_THRESHOLD on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX); see tune_malloc
+MALLOC_MMAP_THRESHOLD_MAX = 32 * MiB
 # a 256 MiB tensor plus room for the rest of the message
 DEFAULT_MAX_MESSAGE_BYTES = 256 * MiB + MiB
 SERVICE_NAME = "poolserve.v1.Pooling"
@@ -95,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "drain-delay", 1.0, float,
           "seconds between NOT_SERVING and refusing new calls at shutdown (probes see the change)")
     _flag(parser, "malloc-top-pad", MALLOC_TOP_PAD, int,
-          "glibc M_TOP_PAD, bytes: keep freed heap for the next request's buffers (0: glibc's default)")
+          "glibc M_TOP_PAD, bytes, with the mmap threshold at 32 MiB: keep freed heap for the next "
+          "request's buffers (0: glibc's default)")
     _flag(parser, "log-level", "info", help_text="debug (one line per request), info (periodic summary), warning")
     _flag(parser, "log-format", "text", help_text="text (key=value) or json", choices=["text", "json"])
     _flag(parser, "log-interval", 60.0, float, "seconds between INFO summary lines")
@@ -394,23 +397,33 @@ def _tune_openmp() -> None:
 
 
 def tune_malloc(top_pad: int) -> None:
-    """mallopt(M_TOP_PAD): what MALLOC_TOP_PAD_ does, set from inside the process.
+    """mallopt(M_TOP_PAD) and mallopt(M_MMAP_THRESHOLD): keep tensor buffers in the process.
 
     Every request allocates and frees buffers of its tensors' size (protobuf bytes, numpy
     outputs).  By default glibc returns large blocks to the kernel at once (mmap/munmap and heap
-    trimming), so the next request page-faults all of it in again.  A large top pad (which
-    also turns off glibc's dynamic mmap threshold) keeps that memory in the process.  Measured
-    on this 2-core machine (two servers, calls interleaved, max pool 2x2, client-side p50):
-    3 MiB input 15.7 -> 12.7 ms and 23.4 -> 19.3 ms; 16 MiB 223 -> 160 ms and 261 -> 202 ms
-    (DESIGN.md, "Transport facts", saw the same with the environment variable).  An explicit
-    MALLOC_TOP_PAD_ in the environment wins.
+    trimming), so the next request page-faults all of it in again.  A large top pad keeps the
+    heap's freed memory in the process.  Measured on this 2-core machine (two servers, calls
+    interleaved, max pool 2x2, client-side p50): 3 MiB input 15.7 -> 12.7 ms and 23.4 -> 19.3 ms;
+    16 MiB 223 -> 160 ms and 261 -> 202 ms (DESIGN.md, "Transport facts").
+
+    Setting a malloc parameter by mallopt also freezes glibc's mmap threshold where it stands
+    (the environment variable does not).  The server calls this after its imports, when glibc
+    had already raised the threshold; a process that calls it first (the kernel benchmark)
+    froze it at 128 KiB, and every buffer over that went to a fresh mmap and a page fault per
+    4 KiB: 2.2-2.7 ms more per 3 MiB pooling output (vgg-pool1 max through the C backend,
+    2026-11-28: 0.24-0.36 ms -> 2.3-2.5 ms).  So the threshold is set explicitly, to 32 MiB,
+    the most glibc takes; larger buffers are mmapped as before.  The server's p50 did not move
+    (1x64x224x224 max 2x2: 16.1-16.9 ms before and after).  An explicit MALLOC_TOP_PAD_ in the
+    environment wins.
     """
     if top_pad <= 0 or "MALLOC_TOP_PAD_" in os.environ or not sys.platform.startswith("linux"):
         return
     try:
         import ctypes
 
-        M_TOP_PAD = -2
-        ctypes.CDLL(None).mallopt(M_TOP_PAD, int(top_pad))
+        M_TOP_PAD, M_MMAP_THRESHOLD = -2, -3
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_TOP_PAD, int(top_pad))
+        libc.mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_MAX)
     except (OSError, AttributeError):
         pass  # not glibc
