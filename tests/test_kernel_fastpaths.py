@@ -771,6 +771,36 @@ def test_max_backward(data, case, threads):
     check_fast_backward(spec, shape, dtype, x, data.draw(st.integers(0, 2**32 - 1)), threads, "max_back")
 
 
+@examples(100)
+@given(data=st.data(), threads=THREADS, dtype=st.sampled_from(["float32", "float64", "float16"]),
+       moved=st.floats(0, 1))
+def test_max_backward_large_planes_any_index(data, threads, dtype, moved):
+    """Channels-first max backward on planes larger than the 512 elements max_back_range zeroes
+    ahead of its scatter: dx is zeroed lazily, a chunk past each index that reaches beyond what is
+    zeroed.  With a share of the indices sent anywhere in their plane (ahead of the zeroed part,
+    far behind it, onto the first and the last element), every gradient must still land where its
+    index says: bitwise the generic path, and the reference's sums."""
+    h, w = data.draw(st.integers(17, 48)), data.draw(st.integers(31, 70))
+    spec = PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, 1, 1))
+    shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), h, w)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal(shape).astype(dtype)
+    generic = CBackend(threads=threads, generic_only=True)
+    _, ind = generic.forward(spec.replace(return_indices=True), x)
+    planes = ind.reshape(-1, ind.shape[-2] * ind.shape[-1])  # a view: moves write through to ind
+    picked = rng.random(planes.shape) < moved
+    anywhere = rng.integers(0, h * w, planes.shape)
+    anywhere[:, 0], anywhere[:, -1] = h * w - 1, 0  # the last element first, the first one last
+    plane_start = (np.arange(planes.shape[0]) * h * w)[:, None]
+    planes[picked] = (plane_start + anywhere)[picked]
+    dy = rng.uniform(-1, 1, size=ind.shape).astype(dtype)
+    fast = CBackend(threads=threads, always_split=True)
+    assert fast.kernel_path(spec, shape, dtype, backward=True) == "max_back"
+    dx = fast.backward(spec, shape, dy, indices=ind)
+    assert_same_bits(dx, generic.backward(spec, shape, dy, indices=ind))
+    assert_close(dx, reference.backward(spec, shape, dy, indices=ind), dtype, 9, scale=1.0)
+
+
 @st.composite
 def tile2_cases(draw):
     """2x2/s2 max (or 1x2x2, 1-deep windows) on even channels-first sizes; widths cross a
@@ -1032,12 +1062,14 @@ def test_float16_channels_last_backward_big_calls(spec, shape):
                                  "between_channels"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("channels", [3, 4])
-def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype, channels):
+@pytest.mark.parametrize("side", [6, 40])
+def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype, channels, side):
     """Each bad index is refused (POOL_E_INDEX), never added anywhere.  Channels-last checks that
     an index is a multiple of the channel count from its channel's first element: with a mask
-    where that count is a power of two (4), else through a double quotient (3)."""
+    where that count is a power of two (4), else through a double quotient (3).  Channels-first
+    planes of 40 x 40 are past the chunk that max_back_range zeroes ahead of its scatter."""
     spec = PoolSpec("max", (2, 2), layout=layout)
-    shape = (2, channels, 6, 6) if layout == "channels_first" else (2, 6, 6, channels)
+    shape = (2, channels, side, side) if layout == "channels_first" else (2, side, side, channels)
     x = np.random.default_rng(3).standard_normal(shape).astype(dtype)
     b = CBackend(threads=2)
     assert b.kernel_path(spec, shape, dtype, backward=True) == "max_back"
