@@ -41,14 +41,14 @@ def health_status(target: str, service: str = "", timeout: float = 1.0) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
 
 
-def wait_for(predicate, timeout: float, what: str):
-    """Poll until predicate() is truthy (bounded); return its value."""
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll every `interval` s until predicate() is truthy (bounded); return its value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

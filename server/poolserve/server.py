@@ -49,6 +49,7 @@ MALLOC_MMAP_THRESHOLD_MAX = 32 * MiB
 DEFAULT_MAX_MESSAGE_BYTES = 256 * MiB + MiB
 SERVICE_NAME = "poolserve.v1.Pooling"
 EXIT_CONFIG = 2  # a worker that cannot start with these flags: the parent gives up, no restarts
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # each process drains and exits 0 on either
 
 
 def _env(name: str, default, kind=str):
@@ -125,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
 # -- one worker process ----------------------------------------------------------------------------
 def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
+    # a worker is forked with these blocked (see supervise): one sent since is delivered now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     tune_malloc(args.malloc_top_pad)
     _tune_openmp()
@@ -286,8 +289,16 @@ def supervise(args: argparse.Namespace) -> int:
     ctx = multiprocessing.get_context("fork")
 
     def start(index: int):
-        p = ctx.Process(target=_worker_main, args=(args, index), name=f"poolserve-worker-{index}", daemon=False)
-        p.start()
+        # The stop signals stay blocked from the fork until the worker has its own handlers: in
+        # between, the child runs the parent's handler (a copy of its event, that nobody waits on),
+        # and a SIGTERM sent then was lost -- the worker served on until _stop_workers killed it
+        # and the server exited 1 (a shutdown right after a worker restart).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            p = ctx.Process(target=_worker_main, args=(args, index), name=f"poolserve-worker-{index}", daemon=False)
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         log.info("worker started", extra={"fields": {"worker": index, "pid": p.pid}})
         return p, time.monotonic()
 
@@ -296,7 +307,7 @@ def supervise(args: argparse.Namespace) -> int:
         _stop_workers(args, procs)
         return EXIT_CONFIG
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
     log.info("supervising", extra={"fields": {"pid": os.getpid(), "workers": args.workers,
                                               "address": f"{args.host}:{args.port}"}})
@@ -377,7 +388,7 @@ def _exit_with_parent() -> None:
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
         if os.getppid() == 1:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # pending until serve_worker unblocks it
     except (OSError, AttributeError):
         pass  # not Linux: the parent still stops its workers on a normal shutdown
 
