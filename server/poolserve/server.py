@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -50,6 +51,41 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * MiB + MiB
 SERVICE_NAME = "poolserve.v1.Pooling"
 EXIT_CONFIG = 2  # a worker that cannot start with these flags: the parent gives up, no restarts
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # each process drains and exits 0 on either
+
+
+class StopSignal:
+    """SIGTERM or SIGINT received, for a main loop that polls: wait(timeout) -> stop now?
+
+    The handler takes no lock.  Python runs a handler in the main thread between two bytecodes,
+    wherever that thread is -- also inside threading.Event.wait, holding the event's own lock --
+    so a handler calling Event.set() can wait on itself forever (the signal module's docs warn of
+    it).  The supervising parent hung so when stopped right after it restarted a worker.  Here
+    the handler sets a flag and writes a byte to a pipe that wait() selects on: a signal that
+    lands just before the select still ends it at once.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, *_) -> None:
+        self.received = True
+        try:
+            os.write(self._w, b"\0")
+        except BlockingIOError:  # the pipe is full: it is readable already
+            pass
+
+    def set(self) -> None:
+        """Stop without a signal (the parent, when a worker cannot start)."""
+        self._handle()
+
+    def wait(self, timeout: float) -> bool:
+        if not self.received:
+            select.select([self._r], [], [], timeout)  # after a handler, retried with what is left
+        return self.received
 
 
 def _env(name: str, default, kind=str):
@@ -125,9 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
 # -- one worker process ----------------------------------------------------------------------------
 def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
-    stop = threading.Event()
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignal()
     # a worker is forked with these blocked (see supervise): one sent since is delivered now
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
@@ -290,7 +324,7 @@ def supervise(args: argparse.Namespace) -> int:
 
     def start(index: int):
         # The stop signals stay blocked from the fork until the worker has its own handlers: in
-        # between, the child runs the parent's handler (a copy of its event, that nobody waits on),
+        # between, the child runs the parent's handler (a copy of its flag, that nobody reads),
         # and a SIGTERM sent then was lost -- the worker served on until _stop_workers killed it
         # and the server exited 1 (a shutdown right after a worker restart).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -306,9 +340,7 @@ def supervise(args: argparse.Namespace) -> int:
     if args.metrics_port and not _serve_metrics(args):
         _stop_workers(args, procs)
         return EXIT_CONFIG
-    stop = threading.Event()
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignal()
     log.info("supervising", extra={"fields": {"pid": os.getpid(), "workers": args.workers,
                                               "address": f"{args.host}:{args.port}"}})
     try:

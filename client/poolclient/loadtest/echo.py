@@ -140,11 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     server, port = build_server(a.host, a.port, a.threads, stall_every=a.stall_every, stall_for=a.stall_for,
                                 fail_every=a.fail_every, fail_code=a.fail_code, wrong_every=a.wrong_every)
     server.start()
-    done = threading.Event()
+    # The handler takes no lock: Python runs it wherever the main thread is, and an Event.set()
+    # there can wait on the event's lock held by the very code it interrupted (a hang).
+    done: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, lambda signum, _: done.append(signum))
     print(f"PORT {port}", flush=True)
-    done.wait()
+    while not done:
+        time.sleep(0.05)
     server.stop(grace=1.0).wait()
     return 0
 
