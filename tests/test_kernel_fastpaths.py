@@ -127,14 +127,16 @@ def check_fast_forward(case, x, threads, path):
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("size", [65, 256, 1000, 1030, 2500])
 @pytest.mark.parametrize("where", ["first", "last", "middle"])
-@pytest.mark.parametrize("special", ["max", "nan", "zeros", "ties"])
+@pytest.mark.parametrize("special", ["max", "nan", "zeros", "ties", "neginf"])
 def test_global_max_large_planes(dtype, size, where, special):
-    """Global max of planes of more than 64 elements: with AVX-512 one pass keeping each lane's
-    first maximum and its index, the least index among the lanes holding the maximum, a NaN
-    found by a second scan (global_argmax_avx512); without it, float16 in segments of 1024
-    converted to float32 (global_half_argmax).  The special value sits first, last (the tail of
-    64-element steps, or of a segment) or mid-plane; with zeros, -0 and +0 tie and the first
-    one's bits must come back; with ties, the maximum also sits in every other lane."""
+    """Global max of planes of more than 64 elements: with AVX-512 or AVX2 one pass keeping each
+    lane's first maximum and its index, the least index among the lanes holding the maximum, a
+    NaN found by a second scan (global_argmax_avx512, _avx2); without them, float16 in segments
+    of 1024 converted to float32 (global_half_argmax).  The special value sits first, last (the
+    tail of 64-element steps, or of a segment) or mid-plane; with zeros, -0 and +0 tie and the
+    first one's bits must come back; with ties, the maximum also sits in every other lane; with
+    neginf the plane is -inf but for the special -inf or, mid-plane, one -1 (lanes that never
+    beat their -inf start must still answer their first element)."""
     rng = np.random.default_rng(size)
     x = rng.uniform(-5, 5, size=(2, 3, size)).astype(dtype)
     if special == "ties":
@@ -142,7 +144,10 @@ def test_global_max_large_planes(dtype, size, where, special):
     at = {"first": 0, "last": size - 1, "middle": size // 2 + 3}[where]
     if special == "zeros":
         x[:] = rng.choice([-0.0, 0.0, -1.0], size=x.shape)
-    x[..., at] = {"max": 7.0, "nan": np.nan, "zeros": -0.0, "ties": 7.0}[special]
+    if special == "neginf":
+        x[:] = -np.inf
+    x[..., at] = {"max": 7.0, "nan": np.nan, "zeros": -0.0, "ties": 7.0,
+                  "neginf": -1.0 if where == "middle" else -np.inf}[special]
     spec = PoolSpec("max", global_pool=True, return_indices=True)
     fast, generic = CBackend(threads=2), CBackend(threads=1, generic_only=True)
     assert fast.kernel_path(spec, x.shape, dtype) == "global_cf"
