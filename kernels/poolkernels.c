@@ -246,6 +246,10 @@ static int backward_path(const pool_desc *d, const pool_geom *g)
 static int backward_weight(const pool_desc *d, const pool_geom *g)
 {
     if (tiles_exactly(g)) return 1;
+    /* 4 for the separable stride-1 avg of a channels-first plane (avg_back_sep), as forward's
+     * cf_win stride-1 windows: at 2 its 1x64x56x56 3x3/s1 float32 (1.5 MiB) stayed on one thread,
+     * 121-122 us, against 99 on two (same process, alternating, 2026-11-28) */
+    if (d->mode == POOL_AVG && d->layout == POOL_CHANNELS_FIRST && stride1_plane(g)) return 4;
     return d->mode == POOL_MAX ? 3 : 2;
 }
 
