@@ -276,20 +276,23 @@ def run(threads: int, quick: bool, only: str | None):
                     fns["torch_cl" if cl else "torch"] = t
             in_b, out_b = call_bytes(spec, x, mode)
             fns["bound"] = bound_call(in_b, out_b, threads)
+            if mode == "max+idx":
+                # the indices cost is a ratio of two C calls: time the call without indices (and
+                # its floor) in the same alternating blocks, not seconds apart in the max row --
+                # drift between the rows read tiny's cost as 2.30x where side by side it is 1.41x
+                fns["c_noidx"] = c_call(backend, spec.replace(return_indices=False), x, "max")
+                fns["bound_noidx"] = bound_call(*call_bytes(spec, x, "max"), threads)
             times = time_calls(fns, budget_s=0.5 if quick else 3.0, rounds=3 if quick else 5)
             path = backend.kernel_path(spec, x.shape, x.dtype, backward=mode.endswith("-bwd"))
             row = {"case": name, "shape": list(x.shape), "dtype": dtype, "layout": spec.layout, "mode": mode,
                    "kernel_path": path, "bytes_in": in_b, "bytes_out": out_b,
                    "seconds": times}
+            if mode == "max+idx":
+                row["indices_cost"] = times["c"] / times["c_noidx"]
+                # the same ratio with both calls on the memory floor: the int64 indices are bytes to write
+                row["indices_floor"] = times["bound"] / times["bound_noidx"]
             rows.append(row)
             print(format_row(row), flush=True)
-    # indices overhead: max+idx time over max time, per case
-    by = {(r["case"], r["mode"]): r for r in rows}
-    for r in rows:
-        if r["mode"] == "max+idx" and (r["case"], "max") in by:
-            r["indices_cost"] = r["seconds"]["c"] / by[(r["case"], "max")]["seconds"]["c"]
-            # the same ratio with both calls on the memory floor: the int64 indices are bytes to write
-            r["indices_floor"] = r["seconds"]["bound"] / by[(r["case"], "max")]["seconds"]["bound"]
     return rows
 
 
