@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-# as the server sets it (server.py, _tune_openmp): time what the server runs.  Before the kernels load.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from poolserve.server import MALLOC_TOP_PAD, tune_malloc, tune_openmp  # noqa: E402
+
+tune_openmp()  # as the server does: time what the server runs.  Before the kernels load.
 
 from poolserve import backends  # noqa: E402
-from poolserve.server import MALLOC_TOP_PAD, tune_malloc  # noqa: E402
 from poolserve.policy import DEFAULT_BUCKET_BOUNDS, DEFAULT_PATH  # noqa: E402
 from poolserve.spec import DTYPES_BY_MODE, PoolSpec  # noqa: E402
 

@@ -27,10 +27,13 @@ from __future__ import annotations
 import os
 
 # Three thread pools share two cores here: ours and PyTorch's (each its own libgomp) and ONNX
-# Runtime's.  Left to spin after a call, each one's idle workers take the cores from the next
-# implementation timed (seen: 10 ms for a 10 us call).  So every pool sleeps when idle: OpenMP
-# passive waiting, ONNX Runtime without spinning, BLAS (unused) on one thread.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Runtime's.  Left to spin after a call for libgomp's default 300000 rounds, each one's idle
+# workers take the cores from the next implementation timed (seen: 10 ms for a 10 us call).  So
+# the OpenMP pools wait as the server's do (tune_openmp: passive, after a short spin of ~10-30 us),
+# ONNX Runtime without spinning, BLAS (unused) on one thread.
+from poolserve.server import MALLOC_TOP_PAD, tune_malloc, tune_openmp  # noqa: E402
+
+tune_openmp()  # before the kernels (and PyTorch's libgomp) load
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
@@ -47,7 +50,6 @@ import numpy as np  # noqa: E402
 
 from poolserve.backends import _kernels  # noqa: E402
 from poolserve.backends.c import CBackend  # noqa: E402
-from poolserve.server import MALLOC_TOP_PAD, tune_malloc  # noqa: E402
 from poolserve.spec import PoolSpec  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

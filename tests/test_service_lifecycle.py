@@ -217,3 +217,18 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     faults, pages = int(out.stdout), 30 * (3 << 20) // 4096
     assert faults < pages // 10, f"{faults} page faults for 30 buffers of 768 pages"
+
+
+def test_tune_openmp_waits_passively_after_a_short_spin_unless_told(monkeypatch):
+    """The server's OpenMP setting: passive waiting after a short spin (GOMP_SPINCOUNT, which
+    libgomp takes over the passive policy's zero), each left as the environment sets it."""
+    from poolserve.server import GOMP_SPINCOUNT, tune_openmp
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    tune_openmp()
+    assert (os.environ["OMP_WAIT_POLICY"], os.environ["GOMP_SPINCOUNT"]) == ("PASSIVE", GOMP_SPINCOUNT)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "0")
+    tune_openmp()
+    assert (os.environ["OMP_WAIT_POLICY"], os.environ["GOMP_SPINCOUNT"]) == ("ACTIVE", "0")

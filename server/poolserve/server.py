@@ -166,7 +166,7 @@ def serve_worker(args: argparse.Namespace, index: int, reuse_port: bool) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     tune_malloc(args.malloc_top_pad)
-    _tune_openmp()
+    tune_openmp()
     # grpc and the backends are imported here, after any fork (see the module docstring)
     import grpc
     from concurrent import futures
@@ -425,18 +425,32 @@ def _exit_with_parent() -> None:
         pass  # not Linux: the parent still stops its workers on a normal shutdown
 
 
-def _tune_openmp() -> None:
-    """OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise; before the kernels load.
+# libgomp's spin count (pause loops, ~10-30 us here) for a kernel thread at a region's edge
+GOMP_SPINCOUNT = "1000"
 
-    libgomp's default lets a thread that reaches the end of a parallel region spin, then sleep,
-    waiting for the others.  On a machine whose cores are shared with the gRPC threads, the
-    client and other processes, the second kernel thread is often not running, and the call
-    waits for the scheduler instead: max pool 2x2 of 1x64x56x56 float32 with 2 kernel threads,
-    p50 8.0 ms with the default policy against 1.27 ms passive (1 thread: 1.25 ms), measured on
-    this 2-vCPU machine at load average ~5 (README, "Service performance").  Passive costs a
-    futex wake per region when cores are idle, microseconds.
+
+def tune_openmp() -> None:
+    """OMP_WAIT_POLICY=PASSIVE and GOMP_SPINCOUNT=1000, unless the environment says otherwise;
+    call it before the kernels load (libgomp reads both when it starts).
+
+    libgomp's default lets a thread that reaches the end of a parallel region spin 300000 times,
+    then sleep, waiting for the others.  On a machine whose cores are shared with the gRPC
+    threads, the client and other processes, the second kernel thread is often not running, and
+    the call waits for the scheduler instead: max pool 2x2 of 1x64x56x56 float32 with 2 kernel
+    threads, p50 8.0 ms with the default policy against 1.27 ms passive (1 thread: 1.25 ms),
+    measured on this 2-vCPU machine at load average ~5 (README, "Service performance").
+
+    Passive alone spins zero times, so every two-thread call sleeps twice: the worker, woken by a
+    futex, and the caller, waiting at the join for it.  On these VMs a sleeping vCPU wakes slowly:
+    an empty two-thread region cost 146-180 us on 2026-12-07 (40 us on 11-26), more than many
+    whole calls.  A short spin (GOMP_SPINCOUNT overrides the policy's zero) keeps the caller awake
+    at the join and the worker awake between calls that follow each other: the same region cost
+    3.4 us with 10-30 us between calls, and 36-65 us after 100-1000 us idle (the commit that set
+    it has the table); a worker spins for ~10-30 us after a region, not the default's
+    milliseconds.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
 
 
 def tune_malloc(top_pad: int) -> None:
