@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from poolserve.server import MALLOC_TOP_PAD, tune_malloc, tune_openmp  # noqa: E402
+from poolserve.server import MALLOC_TOP_PAD, tune_malloc, tune_openmp
 
 tune_openmp()  # as the server does: time what the server runs.  Before the kernels load.
 

@@ -31,7 +31,7 @@ import os
 # workers take the cores from the next implementation timed (seen: 10 ms for a 10 us call).  So
 # the OpenMP pools wait as the server's do (tune_openmp: passive, after a short spin of ~10-30 us),
 # ONNX Runtime without spinning, BLAS (unused) on one thread.
-from poolserve.server import MALLOC_TOP_PAD, tune_malloc, tune_openmp  # noqa: E402
+from poolserve.server import MALLOC_TOP_PAD, tune_malloc, tune_openmp
 
 tune_openmp()  # before the kernels (and PyTorch's libgomp) load
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

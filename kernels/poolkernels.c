@@ -324,7 +324,8 @@ static int64_t backward_items(const pool_geom *g, int path, int64_t cblock)
 
 /* Threads for `items` work items of `work` (team_work, below): a small call runs on the calling
  * thread, where waking a second one would cost more than it saves.  Measured on the 2-vCPU
- * machines (OMP_WAIT_POLICY=PASSIVE, as the server and benchmarks run), 2026-11-26: waking the
+ * machines (OMP_WAIT_POLICY=PASSIVE with no spin, as the server and benchmarks ran until
+ * 2026-12-07; they now spin briefly first, server.py tune_openmp), 2026-11-26: waking the
  * second thread and joining it cost ~40 us (1x16x32x32 max 2x2/s2: 5 us on one thread, 42 on two;
  * it was 15-20 us on earlier days), and two threads paid off once one thread took ~120 us or
  * more.  One thread vs two, 1xCx112x112, us:
