@@ -246,14 +246,16 @@ def test_cf_win_padded_rows_minus_inf_indices(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("width", [9, 10, 37, 56])
+@pytest.mark.parametrize("width", [9, 10, 16, 17, 37, 56])
 @pytest.mark.parametrize("indices", [False, True])
 def test_cf_win_separable_max(dtype, width, indices):
     """Stride-1 max on AVX2 folds each input row's maxima (and their columns) along the last axis
     first, then the window's rows: still the first maximum in scan order, so -0 against +0 keeps
     the row-major winner and its index (signed zeros in every window), rows holding a NaN send
-    their windows back to the blocks, windows of -inf keep their first real tap's index.  Widths
-    around 8 interior columns (9: 7, the separable form needs 8), 2-D and 3-D windows, dilation,
+    their windows back to the blocks (a NaN in the edge columns too: 3x3/s1/p1 rows note their
+    NaN from the vectors), windows of -inf keep their first real tap's index.  Widths around 8
+    interior columns (9: 7, the separable form needs 8) and around 3x3/s1/p1's whole-row vectors
+    (16, 17: none or one between the first and the last), 2-D and 3-D windows, dilation,
     asymmetric pads, 1 and 2 threads."""
     rng = np.random.default_rng(width)
     specs = [
@@ -269,6 +271,8 @@ def test_cf_win_separable_max(dtype, width, indices):
         zeros = rng.choice(np.array([-0.0, 0.0, -1.0], dtype), size=shape)
         mixed = rng.standard_normal(shape).astype(dtype)
         mixed[0, 0, ..., 2, 3] = np.nan  # one row with a NaN
+        mixed[1, 1, ..., 5, 0] = np.nan  # and in the first and last columns
+        mixed[1, 1, ..., 6, -1] = np.nan
         mixed[0, 1] = -np.inf
         mixed[1, 0, ..., :3] = -np.inf  # -inf where the padding clips the windows
         mixed[1, 2, ..., -3:] = -np.inf
@@ -278,7 +282,7 @@ def test_cf_win_separable_max(dtype, width, indices):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("width", [9, 10, 37, 56])
+@pytest.mark.parametrize("width", [9, 10, 16, 17, 37, 56])
 @pytest.mark.parametrize("include_pad", [False, True])
 def test_cf_win_separable_avg(dtype, width, include_pad):
     """Stride-1 average sums each input row's taps along the last axis first, then adds the
@@ -287,7 +291,8 @@ def test_cf_win_separable_avg(dtype, width, include_pad):
     both edges and the planes' edge rows each have theirs.  Another order of the additions than
     the generic path's, so within the summation-order tolerance of it and of the reference
     (check_fast_forward), NaN and +-inf rows included.  Widths around the 8 interior columns the
-    separable form needs (9: 7), 2-D and 3-D windows, dilation, asymmetric pads, 1 and 2 threads."""
+    separable form needs (9: 7) and 3x3/s1/p1's whole-row vectors (16, 17), 2-D and 3-D windows,
+    dilation, asymmetric pads, 1 and 2 threads."""
     rng = np.random.default_rng(width)
     specs = [
         PoolSpec("avg", (3, 3), strides=(1, 1), pads=(1, 1, 1, 1), count_include_pad=include_pad),
