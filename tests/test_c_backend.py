@@ -97,3 +97,15 @@ def test_what_the_spec_accepts_the_kernels_accept(kernel, data):
         return
     x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     check_forward(CBackend(), spec, x)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "uint8", "bool"])
+def test_backward_refuses_a_gradient_that_is_not_float(dtype):
+    """The gradient's dtype is checked against np.dtype objects (not dtype.name, which costs
+    microseconds in NumPy 2): an integer or bool gradient is still refused by name."""
+    spec = PoolSpec("avg", (2, 2), strides=(2, 2))
+    with pytest.raises(SpecError, match=f"grad_output.dtype.*{dtype}.*must be one of float32, float64, float16"):
+        CBackend(threads=1).backward(spec, (1, 1, 4, 4), np.ones((1, 1, 2, 2), dtype))
+    dy = np.arange(4, dtype="float64").reshape(1, 1, 2, 2)  # every float dtype passes
+    np.testing.assert_array_equal(CBackend(threads=1).backward(spec, (1, 1, 4, 4), dy),
+                                  reference.backward(spec, (1, 1, 4, 4), dy))

@@ -24,6 +24,7 @@ from . import _kernels as k
 from .base import Unsupported
 
 _INDEX = np.dtype(INDEX_DTYPE)
+_FLOAT_NP = frozenset(np.dtype(d) for d in FLOAT_DTYPES)
 _c_char = ctypes.c_char
 _addressof = ctypes.addressof
 
@@ -157,10 +158,9 @@ class CBackend:
     def backward(self, spec: PoolSpec, input_shape, grad_output: np.ndarray, *,
                  x: np.ndarray | None = None, indices: np.ndarray | None = None) -> np.ndarray:
         dy = _as_kernel_input(grad_output)
-        dtype = dy.dtype.name
-        if dtype not in FLOAT_DTYPES:
-            raise SpecError("grad_output.dtype", dtype, f"must be one of {', '.join(FLOAT_DTYPES)}")
-        input_shape = tuple(int(d) for d in input_shape)
+        if dy.dtype not in _FLOAT_NP:  # not dtype.name: ~1.5 us of a 16 us small call
+            raise SpecError("grad_output.dtype", dy.dtype.name, f"must be one of {', '.join(FLOAT_DTYPES)}")
+        input_shape = tuple(map(int, input_shape))
         plan = self._plan(spec, input_shape, dy.dtype)
         g = plan.geometry
         if dy.shape != g.output_shape:
@@ -185,7 +185,7 @@ class CBackend:
             if x is None:
                 raise SpecError("input", None, "lp backward needs the forward input")
             if x.dtype != dy.dtype:
-                raise SpecError("input.dtype", x.dtype.name, f"must equal grad_output's dtype {dtype}")
+                raise SpecError("input.dtype", x.dtype.name, f"must equal grad_output's dtype {dy.dtype.name}")
         else:
             x = None
         dx = np.empty(g.input_shape, dtype=dy.dtype)
