@@ -158,7 +158,7 @@ class CBackend:
     def backward(self, spec: PoolSpec, input_shape, grad_output: np.ndarray, *,
                  x: np.ndarray | None = None, indices: np.ndarray | None = None) -> np.ndarray:
         dy = _as_kernel_input(grad_output)
-        if dy.dtype not in _FLOAT_NP:  # not dtype.name: ~1.5 us of a 16 us small call
+        if dy.dtype not in _FLOAT_NP:  # not dtype.name: a 2.6 us property in NumPy 2.4
             raise SpecError("grad_output.dtype", dy.dtype.name, f"must be one of {', '.join(FLOAT_DTYPES)}")
         input_shape = tuple(map(int, input_shape))
         plan = self._plan(spec, input_shape, dy.dtype)
