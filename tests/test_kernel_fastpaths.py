@@ -811,6 +811,18 @@ def test_max_backward_large_planes_any_index(data, threads, dtype, moved):
     assert_close(dx, reference.backward(spec, shape, dy, indices=ind), dtype, 9, scale=1.0)
 
 
+def argmax_and_gradient(data, spec, shape, dtype, threads):
+    """A drawn input's argmax by the generic path, and a gradient with -0, NaN and inf among its
+    values: (rng, the generic backend, indices, dy) for a max backward test to move indices with."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = data.draw(arrays(shape, dtype))
+    generic = CBackend(threads=threads, generic_only=True)
+    _, ind = generic.forward(spec.replace(return_indices=True), x)
+    dy = rng.uniform(-1, 1, size=ind.shape).astype(dtype)
+    dy.flat[rng.integers(0, dy.size, 3)] = rng.choice([-0.0, np.nan, np.inf], 3)
+    return rng, generic, ind, dy
+
+
 @st.composite
 def tile2_cases(draw):
     """2x2/s2 max (or 1x2x2, 1-deep windows, or 2x2x2) on even channels-first sizes; widths cross
@@ -834,12 +846,7 @@ def test_max_backward_tile2(data, case, threads, moved):
     its plane (moved; anywhere: in a vector step or in a row's last, overlapping or masked, one),
     the plane goes back to the scatter, which takes it and sums the two gradients that meet."""
     spec, shape, dtype = case
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    x = data.draw(arrays(shape, dtype))
-    generic = CBackend(threads=threads, generic_only=True)
-    _, ind = generic.forward(spec.replace(return_indices=True), x)
-    dy = rng.uniform(-1, 1, size=ind.shape).astype(dtype)
-    dy.flat[rng.integers(0, dy.size, 3)] = rng.choice([-0.0, np.nan, np.inf], 3)
+    rng, generic, ind, dy = argmax_and_gradient(data, spec, shape, dtype, threads)
     if moved and ind.shape[-1] * ind.shape[-2] > 1:  # to the window after it in the same plane
         plane = ind.reshape(-1, ind.shape[-2] * ind.shape[-1])
         q, j = rng.integers(0, plane.shape[0]), rng.integers(0, plane.shape[1] - 1)
@@ -865,12 +872,7 @@ def test_max_backward_k3s2(data, threads, dtype, moves):
     after = (data.draw(st.integers(0, 1)), data.draw(st.integers(0, 1)))
     spec = PoolSpec("max", (3, 3), strides=(2, 2), pads=(1, 1, *after), ceil_mode=data.draw(st.booleans()))
     shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), h, w)
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    x = data.draw(arrays(shape, dtype))
-    generic = CBackend(threads=threads, generic_only=True)
-    _, ind = generic.forward(spec.replace(return_indices=True), x)
-    dy = rng.uniform(-1, 1, size=ind.shape).astype(dtype)
-    dy.flat[rng.integers(0, dy.size, 3)] = rng.choice([-0.0, np.nan, np.inf], 3)
+    rng, generic, ind, dy = argmax_and_gradient(data, spec, shape, dtype, threads)
     planes = ind.reshape(-1, ind.shape[-2] * ind.shape[-1])  # a view: moves write through to ind
     for _ in range(moves):  # an index to another output's argmax in its plane: not its window's
         q, j, k = rng.integers(0, planes.shape[0]), *rng.integers(0, planes.shape[1], 2)
