@@ -210,6 +210,27 @@ static int stride1_plane(const pool_geom *g)
            g->out[1] <= ((int64_t)1 << 22) / g->in[2];
 }
 
+/* Channels-last max backward gathered by input position (max_back_cl_gather_avx2, pool_fast.inc)
+ * keeps the codes of the output rows whose windows reach the current input row in a ring: as
+ * many as cover one input row, ceil(span / stride) along axis 1. */
+static int64_t cl_gather_ring(const pool_geom *g)
+{
+    const int64_t span = (g->k[1] - 1) * g->d[1] + 1, r = (span + g->s[1] - 1) / g->s[1];
+    return r < g->out[1] ? r : g->out[1];
+}
+
+/* Whether it applies: channels-last windows on a plane (2-D, or 1-D; no depth), channels in
+ * vectors of eight, an image's positions times channels in int32 (the codes), and a ring of at
+ * most 16 rows and 256 Ki codes (1 MiB a thread; wider rows, or windows spanning more than 16
+ * strides, take the scatter). */
+#define CL_GATHER_MAX_RING 16
+static int cl_gather_fits(const pool_geom *g)
+{
+    return g->es != 1 && g->channels % 8 == 0 && g->in[0] == 1 && g->out[0] == 1 && g->k[0] == 1 &&
+           g->plane_size * g->channels <= INT32_MAX && cl_gather_ring(g) <= CL_GATHER_MAX_RING &&
+           cl_gather_ring(g) * g->out[2] * g->channels <= ((int64_t)1 << 18);
+}
+
 static int backward_path(const pool_desc *d, const pool_geom *g)
 {
     if ((d->flags & POOL_FLAG_GENERIC_ONLY) || d->mode == POOL_LP) return PATH_GENERIC;

@@ -851,7 +851,7 @@ def test_max_backward_tile2(data, case, threads, moved):
         plane = ind.reshape(-1, ind.shape[-2] * ind.shape[-1])
         q, j = rng.integers(0, plane.shape[0]), rng.integers(0, plane.shape[1] - 1)
         plane[q, j] = plane[q, j + 1]
-    fast = CBackend(threads=threads, always_split=True)
+    fast = CBackend(threads=threads, always_split=True, no_fallback=not moved)  # unmoved: the tile form alone
     assert fast.kernel_path(spec, shape, dtype, backward=True) == "max_back"
     dx = fast.backward(spec, shape, dy, indices=ind)
     assert_same_bits(dx, generic.backward(spec, shape, dy, indices=ind))
@@ -877,7 +877,7 @@ def test_max_backward_k3s2(data, threads, dtype, moves):
     for _ in range(moves):  # an index to another output's argmax in its plane: not its window's
         q, j, k = rng.integers(0, planes.shape[0]), *rng.integers(0, planes.shape[1], 2)
         planes[q, j] = planes[q, k]
-    fast = CBackend(threads=threads, always_split=True)
+    fast = CBackend(threads=threads, always_split=True, no_fallback=moves == 0)  # unmoved: the gather alone
     assert fast.kernel_path(spec, shape, dtype, backward=True) == "max_back"
     # a freed dx of sevens, which the allocator is likely to hand back for the next one: an
     # element the path forgets to write (a row no window reaches) then shows
@@ -885,6 +885,49 @@ def test_max_backward_k3s2(data, threads, dtype, moves):
     dx = fast.backward(spec, shape, dy, indices=ind)
     assert_same_bits(dx, generic.backward(spec, shape, dy, indices=ind))
     assert_close(dx, reference.backward(spec, shape, dy, indices=ind), dtype, 9, scale=1.0)
+
+
+@examples(150)
+@given(data=st.data(), dtype=st.sampled_from(["float16", "float32"]), moves=st.integers(0, 2),
+       anywhere=st.booleans())
+def test_max_backward_cl_gather(data, dtype, moves, anywhere):
+    """Channels-last max backward with fewer images than threads and channels in vectors of eight
+    (max_back_cl_gather_avx2): each input position's channels gathered from the windows covering
+    it, the threads splitting the input rows -- bitwise the generic scatter, -0, NaN and inf
+    gradients included; windows of any size, stride, dilation, padding and ceil mode, 1-D or 2-D,
+    channel counts that leave 8, 16 or 24 after the 32-channel steps.  With indices moved to
+    another output's argmax (moves: in or out of their window's span) or anywhere in the image,
+    the codes found fall short where one leaves its span, and the scatter redoes the call."""
+    rank = data.draw(st.integers(1, 2))
+    k = [data.draw(st.integers(1, 4)) for _ in range(rank)]
+    s = [data.draw(st.integers(1, 3)) for _ in range(rank)]
+    dil = [data.draw(st.integers(1, 2)) for _ in range(rank)]
+    pads = [data.draw(st.integers(0, (kk - 1) * dd)) for kk, dd in zip(k + k, dil + dil)]
+    ceil = data.draw(st.booleans())
+    threads = data.draw(st.sampled_from([2, 3]))
+    batch = data.draw(st.integers(1, threads - 1))
+    spatial = [data.draw(st.integers(1, 12)) for _ in range(rank)]
+    shape = (batch, *spatial, data.draw(st.sampled_from([8, 16, 24, 40, 64, 88])))
+    try:
+        spec = PoolSpec("max", k, strides=s, dilations=dil, pads=pads, ceil_mode=ceil, layout="channels_last")
+        spec.resolve(shape)
+    except SpecError:
+        assume(False)
+    rng, generic, ind, dy = argmax_and_gradient(data, spec, shape, dtype, threads)
+    images = ind.reshape(batch, -1)  # a view: moves write through to ind
+    for _ in range(moves):  # an output's index to another's argmax in the image (the same channel)
+        n, j = rng.integers(0, batch), rng.integers(0, images.shape[1])
+        images[n, j] = images[n, j % shape[-1] + rng.integers(0, images.shape[1] // shape[-1]) * shape[-1]]
+    if anywhere:  # one index to any position of its image and channel
+        n, j = rng.integers(0, batch), rng.integers(0, images.shape[1])
+        images[n, j] = n * np.prod(shape[1:]) + rng.integers(0, np.prod(shape[1:-1])) * shape[-1] + j % shape[-1]
+    # indices left where the argmax put them: the gather itself must take the call (no_fallback)
+    fast = CBackend(threads=threads, always_split=True, no_fallback=not (moves or anywhere))
+    assert fast.kernel_path(spec, shape, dtype, backward=True) == "max_back"
+    fast.backward(spec, shape, np.full_like(dy, 7), indices=ind)  # a freed dx of sevens: see k3s2
+    dx = fast.backward(spec, shape, dy, indices=ind)
+    assert_same_bits(dx, generic.backward(spec, shape, dy, indices=ind))
+    assert_close(dx, reference.backward(spec, shape, dy, indices=ind), dtype, 16, scale=1.0)
 
 
 @examples(300)
@@ -1106,19 +1149,21 @@ def test_float16_channels_last_backward_big_calls(spec, shape):
 
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("bad", ["negative", "other_plane", "past_end", "next_image", "previous_image",
-                                 "between_channels"])
+                                 "between_channels", "low_bits_valid"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("channels", [3, 4, 8])
 @pytest.mark.parametrize("side", [6, 40])
 def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype, channels, side):
     """Each bad index is refused (POOL_E_INDEX), never added anywhere.  Channels-last checks that
     an index is a multiple of the channel count from its channel's first element: with a mask
-    where that count is a power of two (4), else through a double quotient (3).  Channels-first
-    planes of 40 x 40 are past the chunk that max_back_range zeroes ahead of its scatter."""
+    where that count is a power of two (4), else through a double quotient (3); with eight
+    channels and fewer images than threads it is first gathered by input rows, finds fewer
+    codes than outputs and goes to the scatter.  Channels-first planes of 40 x 40 are past the
+    chunk that max_back_range zeroes ahead of its scatter."""
     spec = PoolSpec("max", (2, 2), layout=layout)
     shape = (2, channels, side, side) if layout == "channels_first" else (2, side, side, channels)
     x = np.random.default_rng(3).standard_normal(shape).astype(dtype)
-    b = CBackend(threads=2)
+    b = CBackend(threads=3, always_split=True)
     assert b.kernel_path(spec, shape, dtype, backward=True) == "max_back"
     _, ind = b.forward(spec.replace(return_indices=True), x)
     ind = ind.copy()
@@ -1133,6 +1178,8 @@ def test_max_backward_fast_path_refuses_bad_indices(layout, bad, dtype, channels
         first[0] += x[0].size  # the same position and channel, one image later: inside the array
     elif bad == "previous_image":
         first[-1] -= x[0].size  # the same position and channel, one image earlier: inside the array
+    elif bad == "low_bits_valid":
+        first[0] += 2**32  # far outside, its low 32 bits still its own (the fast paths compare those)
     else:
         if layout == "channels_first":
             pytest.skip("channels-first planes are contiguous: nothing lies between them")
@@ -1154,7 +1201,7 @@ def test_generic_only_flag_and_unknown_flags():
     x = np.zeros(1, np.float32)
     y = np.zeros(1, np.float32)
     assert _kernels.pool_forward(d, x.ctypes.data, 4, y.ctypes.data, 4, None, 0) == 0
-    d.flags = 4  # no such flag
+    d.flags = 8  # no such flag
     assert _kernels.STATUS[_kernels.pool_forward(d, x.ctypes.data, 4, y.ctypes.data, 4, None, 0)] == "POOL_E_PARAM"
     assert _kernels.path(d) is None
 

@@ -29,6 +29,7 @@ LAYOUTS = {"channels_first": 0, "channels_last": 1}
 # pool_desc.flags bits (enum pool_flags)
 FLAG_GENERIC_ONLY = 1  # run the generic kernels even where a fast path exists (tests compare the two)
 FLAG_ALWAYS_SPLIT = 2  # split even a small call over every thread (tests check the split)
+FLAG_NO_FALLBACK = 4  # a max backward fast path reports an index off its window (tests: the path took the call)
 
 # pool_status names, by code, as in the header
 STATUS = {

@@ -96,18 +96,23 @@ def _plan(spec: PoolSpec, shape: tuple[int, ...], dtype: np.dtype, threads: int,
 class CBackend:
     name = "c"
 
-    def __init__(self, threads: int | None = None, generic_only: bool = False, always_split: bool = False):
+    def __init__(self, threads: int | None = None, generic_only: bool = False, always_split: bool = False,
+                 no_fallback: bool = False):
         """threads: kernel worker threads (default: one per CPU); a small call (under 6 MiB
         moved, weighted by its cost per byte: team_work in poolkernels.c) runs on the calling
         thread alone, where waking another costs more than it saves.  generic_only: run
         the generic kernels even where a specialised fast path exists, and always_split: use every
-        thread even on a small call (the tests use both, to check the fast paths and their split)."""
+        thread even on a small call (the tests use both, to check the fast paths and their split).
+        no_fallback: a max backward fast path that reads indices as taps of their window raises
+        (POOL_E_INDEX) on one that is not, instead of handing the call to the scatter (the tests
+        use it to show that the fast path took a call)."""
         threads = threads or os.cpu_count() or 1
         if not 1 <= threads <= k.MAX_THREADS:
             raise ValueError(f"threads={threads}: must be between 1 and {k.MAX_THREADS}")
         self.threads = threads
         self.generic_only = bool(generic_only)
-        self._flags = (k.FLAG_GENERIC_ONLY if generic_only else 0) | (k.FLAG_ALWAYS_SPLIT if always_split else 0)
+        self._flags = ((k.FLAG_GENERIC_ONLY if generic_only else 0) | (k.FLAG_ALWAYS_SPLIT if always_split else 0)
+                       | (k.FLAG_NO_FALLBACK if no_fallback else 0))
         self._last = None  # (spec, shape, dtype, plan) of the latest call
 
     @staticmethod
