@@ -210,6 +210,15 @@ static int stride1_plane(const pool_geom *g)
            g->out[1] <= ((int64_t)1 << 22) / g->in[2];
 }
 
+/* The outputs along axis a whose window's span (first tap to last, dilation included) covers input
+ * index t: lo .. hi, none where lo > hi.  o * s - pb <= t <= o * s - pb + span - 1. */
+static inline void spanning_outputs(const pool_geom *g, int a, int64_t t, int64_t *lo, int64_t *hi)
+{
+    const int64_t span = (g->k[a] - 1) * g->d[a] + 1, s = g->s[a], u = t + g->pb[a], v = u - span + 1;
+    *lo = v <= 0 ? 0 : (v + s - 1) / s;
+    *hi = u / s < g->out[a] - 1 ? u / s : g->out[a] - 1;
+}
+
 /* Channels-last max backward gathered by input position (max_back_cl_gather_avx2, pool_fast.inc)
  * keeps the codes of the output rows whose windows reach the current input row in a ring: as
  * many as cover one input row, ceil(span / stride) along axis 1. */
