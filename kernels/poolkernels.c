@@ -376,9 +376,11 @@ static int team_size(const pool_desc *d, int64_t items, int64_t work)
 
 /* The work team_size weighs: the bytes a call reads and writes (x, y and the indices; backward
  * dy, dx and the indices), times `weight` where each byte costs that many times a stream's time
- * (2: the channels-first argmax of the cf_rows paths, 229 us for 5.4 MiB above -- not the
- * channels-last one, 126 us, folded across channels like a plain max, nor the global one -- and
- * every 3-wide cf_rows window, nine taps an output: alternating runs, 2026-11-27, one thread vs
+ * (2: any argmax -- the channels-first one of the cf_rows paths, 229 us for 5.4 MiB above; the
+ * channels-last one, 126 us then, but 232-255 us on one thread in every make bench-kernels run
+ * since 2026-11-27 and 242 in a one-process run of 2026-12-07, 147 split (1x64x112x112 3x3/s2/p1,
+ * 5.6 MiB); the global one, 32x512x7x7, 138-207 us on one thread, 117-138 split, same runs --
+ * and every 3-wide cf_rows window, nine taps an output: alternating runs, 2026-11-27, one thread vs
  * two, 1x64x112x112 3x3/s2/p1, median us: max 199-208 / 173-190, avg 205-212 / 148-164, float16
  * max 230-354 / 168-197, avg 257-338 / 183-193; 1x32x112x112 (1.9 MiB, left on one thread)
  * max 155 / 111 -- the day before, 3.9 MiB read 109 / 153 above: the second vCPU's worth
