@@ -360,6 +360,26 @@ def test_global_cf_small_planes_extremes(size):
         np.testing.assert_array_equal(ind, ig)
 
 
+@pytest.mark.parametrize("indices", [False, True])
+def test_global_cf_small_planes_nan_anywhere(indices):
+    """Planes of 1 to 64 elements with one NaN, put at every element in turn: the small-plane forms
+    test two vectors per compare for NaN (first with last, ...), so each vector must be in a pair.
+    Eight planes or more a call, so the eight-plane form (without indices) runs too."""
+    spec = PoolSpec("max", global_pool=True, return_indices=indices)
+    generic, fast = CBackend(threads=1, generic_only=True), CBackend(threads=1)
+    rng = np.random.default_rng(7)
+    for size in range(1, 65):
+        planes = 8 * size
+        x = rng.uniform(-10, 10, size=(1, planes, size)).astype(np.float32)
+        x[0, np.arange(planes), np.arange(planes) % size] = np.nan
+        assert fast.kernel_path(spec, x.shape, "float32") == "global_cf"
+        (y, ind), (yg, _) = fast.forward(spec, x), generic.forward(spec, x)
+        assert np.isnan(y).all(), size  # the plane's NaN is its maximum
+        assert_same_bits(y, yg)
+        if indices:  # the NaN's own offset in the image
+            np.testing.assert_array_equal(ind.ravel(), np.arange(planes) * size + np.arange(planes) % size)
+
+
 @st.composite
 def cf_rows_mid_width_cases(draw):
     """2x2/s2, 2x2x2/s2 and 3x3/s2 (pads 0 or 1) on rows of 16 to 70 outputs: blocks of 16
