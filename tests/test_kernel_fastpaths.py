@@ -1036,15 +1036,16 @@ def test_avg_backward_stride1_plane(dtype, include_pad):
 
 
 @st.composite
-def global_back_cases(draw):
-    """Average over whole contiguous planes (channels-first, or channels-last with one channel):
+def global_back_cases(draw, mode="avg"):
+    """Pooling over whole contiguous planes (channels-first, or channels-last with one channel):
     global pooling, or a kernel the size of the input; any dtype, planes from 1 to ~1000."""
     rank = draw(st.integers(1, 3))
     spatial = tuple(draw(st.integers(1, 40 if rank == 1 else 10)) for _ in range(rank))
     if draw(st.booleans()):
-        spec = PoolSpec("avg", global_pool=True)
+        spec = PoolSpec(mode, global_pool=True)
     else:
-        spec = PoolSpec("avg", spatial, count_include_pad=draw(st.booleans()), ceil_mode=draw(st.booleans()))
+        spec = PoolSpec(mode, spatial, count_include_pad=mode == "avg" and draw(st.booleans()),
+                        ceil_mode=draw(st.booleans()))
     shape = (draw(st.integers(1, 3)), draw(st.integers(1, 20)), *spatial)
     if draw(st.booleans()):
         spec, shape = channels_last(spec, shape, 1)
@@ -1063,6 +1064,29 @@ def test_avg_backward_global(data, case, threads):
     dx = fast.backward(spec, shape, dy)
     assert_same_bits(dx, generic.backward(spec, shape, dy))
     assert_close(dx, reference.backward(spec, shape, dy), dtype, window_size(spec, shape), scale=1.0)
+
+
+@examples(200)
+@given(data=st.data(), case=global_back_cases(mode="max"), threads=THREADS)
+def test_max_backward_global(data, case, threads):
+    """One output a plane (max_back_range: float32 and float64 planes of up to 512 values in runs
+    zeroed by one memset, each gradient then stored as + 0 plus it): the generic path's values bit
+    for bit, signed zeros, NaN and inf gradients included; an index moved out of its plane, into
+    the next or the one before, past the array or 2^32 away, is refused."""
+    spec, shape, dtype = case
+    x, dy = data.draw(arrays(shape, dtype)), data.draw(arrays(spec.resolve(shape).output_shape, dtype))
+    fast, generic = CBackend(threads=threads, always_split=True), CBackend(threads=threads, generic_only=True)
+    assert fast.kernel_path(spec, shape, dtype, backward=True) == "max_back"
+    _, ind = generic.forward(spec.replace(return_indices=True), x)
+    dx = fast.backward(spec, shape, dy, indices=ind)
+    assert_same_bits(dx, generic.backward(spec, shape, dy, indices=ind))
+    assert_close(dx, reference.backward(spec, shape, dy, indices=ind), dtype, window_size(spec, shape), scale=1.0)
+    plane = x.size // ind.size
+    bad, k = ind.copy(), data.draw(st.integers(0, ind.size - 1))
+    bad.flat[k] += data.draw(st.sampled_from([plane, -plane, x.size, -x.size, 2**32]))
+    with pytest.raises(_kernels.KernelError) as err:
+        fast.backward(spec, shape, dy, indices=bad)
+    assert err.value.status == "POOL_E_INDEX"
 
 
 @examples(300)
