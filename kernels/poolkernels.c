@@ -514,6 +514,7 @@ static void tile_row_half(const _Float16 *restrict s, _Float16 *restrict d, int6
 #endif
     for (int64_t m = 0; m < n; m++) d[2 * m] = d[2 * m + 1] = (_Float16)((float)s[m] * share);
 }
+
 #define T float
 #define ACC float
 #define LOAD(v) (v)
