@@ -376,14 +376,14 @@ static int team_size(const pool_desc *d, int64_t items, int64_t work)
 
 /* The work team_size weighs: the bytes a call reads and writes (x, y and the indices; backward
  * dy, dx and the indices), times `weight` where each byte costs that many times a stream's time
- * (2: any argmax -- the channels-first one of the cf_rows paths, 229 us for 5.4 MiB above; the
- * channels-last one, 126 us then, but 232-255 us on one thread in every make bench-kernels run
- * since 2026-11-27 and 242 in a one-process run of 2026-12-07, 147 split (1x64x112x112 3x3/s2/p1,
- * 5.6 MiB); the global one, 32x512x7x7, 138-207 us on one thread, 117-138 split, same runs --
- * channels-last windows of nine taps or more, as the 3-wide cf_rows ones: 1x64x112x112 3x3/s2/p1
- * max 148-170 us in the bench runs of 2026-12-07 (one thread: 4 MiB), and in one process 145 /
- * 81 and 109 / 75 us one thread / two, avg 117 / 68 and 120 / 72 --
- * and every 3-wide cf_rows window, nine taps an output: alternating runs, 2026-11-27, one thread vs
+ * (2: any argmax, every 3-wide cf_rows window and every channels-last window of nine taps or
+ * more.  The argmax: channels-first (cf_rows) 229 us for 5.4 MiB above; channels-last, 126 us
+ * there, but 232-255 us on one thread in every make bench-kernels run since 2026-11-27 and 242 in
+ * a one-process run of 2026-12-07, 147 split (1x64x112x112 3x3/s2/p1, 5.6 MiB); global,
+ * 32x512x7x7, 138-207 us on one thread, 117-138 split, same runs.  Channels-last nine taps:
+ * 1x64x112x112 3x3/s2/p1 max 148-170 us in the bench runs of 2026-12-07 (one thread: 4 MiB), and
+ * in one process 145 / 81 and 109 / 75 us one thread / two, avg 117 / 68 and 120 / 72.
+ * Every 3-wide cf_rows window, nine taps an output: alternating runs, 2026-11-27, one thread vs
  * two, 1x64x112x112 3x3/s2/p1, median us: max 199-208 / 173-190, avg 205-212 / 148-164, float16
  * max 230-354 / 168-197, avg 257-338 / 183-193; 1x32x112x112 (1.9 MiB, left on one thread)
  * max 155 / 111 -- the day before, 3.9 MiB read 109 / 153 above: the second vCPU's worth
